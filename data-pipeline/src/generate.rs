@@ -52,9 +52,9 @@ pub struct GenSummary {
 /// Calibrated offsets of subject ability over item difficulty, chosen so that about 74%
 /// (reading), 72% (GPS) and 73% (maths) reach the expected standard (see `bench/`'s
 /// national run for the figures these give).
-const SUBJECT_OFFSET: [f64; 3] = [0.62, 0.62, 0.52];
+const SUBJECT_OFFSET: [f64; 3] = [0.68, 0.80, 0.68];
 /// How strongly subjects share one general ability (RWM about 61% nationally).
-const GENERAL_LOADING: f64 = 0.82;
+const GENERAL_LOADING: f64 = 0.93;
 
 #[derive(Debug, Clone)]
 struct GenItem {
@@ -516,7 +516,7 @@ impl Model {
             };
         }
         let own: f64 = StandardNormal.sample(rng);
-        let w = 0.75 * general + 0.66 * own;
+        let w = 0.9 * general + 0.44 * own;
         let writing = match reg[0] {
             RegStatus::Unregistered => None,
             RegStatus::Left => Some(WritingTa::L),
@@ -534,7 +534,7 @@ impl Model {
                 ][rng.random_range(0..7)],
             ),
             RegStatus::Registered if rng.random_range(0..1000) < 5 => None,
-            RegStatus::Registered if w > 1.05 => Some(WritingTa::Gds),
+            RegStatus::Registered if w > 1.0 => Some(WritingTa::Gds),
             RegStatus::Registered if w > -0.62 => Some(WritingTa::Exs),
             RegStatus::Registered if w > -1.9 => Some(WritingTa::Wts),
             RegStatus::Registered => Some(WritingTa::Pk6),

@@ -40,6 +40,7 @@ pub fn load(
     }
     let mut v = Loader {
         rep,
+        pupils_known: true,
         las: Vec::new(),
         la_index: HashMap::new(),
         trusts: Vec::new(),
@@ -103,6 +104,9 @@ pub fn load(
 
 struct Loader<'r> {
     rep: &'r Reporter,
+    /// False when the pupils file could not be read at all: rows elsewhere are then not
+    /// checked against it, rather than each reported as an unknown pupil.
+    pupils_known: bool,
     las: Vec<La>,
     la_index: HashMap<LaCode, u32>,
     trusts: Vec<Trust>,
@@ -371,7 +375,6 @@ impl<'r> Loader<'r> {
             }
         };
         let mut out: [Vec<Conversion>; 3] = Default::default();
-        let mut complete = true;
         for s in Subject::ALL {
             let Some(t) = tables.get(&(year, *s)) else {
                 self.rep.push(Problem {
@@ -381,7 +384,6 @@ impl<'r> Loader<'r> {
                     value: Some(s.to_string()),
                     reason: format!("no conversion table for {s} {year}"),
                 });
-                complete = false;
                 continue;
             };
             let missing: Vec<String> = t
@@ -391,7 +393,6 @@ impl<'r> Loader<'r> {
                 .map(|(i, _)| i.to_string())
                 .collect();
             if !missing.is_empty() {
-                complete = false;
                 self.rep.push(Problem { file: tf.name.clone(), row: None, column: Some("raw_score".into()), value: Some(missing.join(" ")), reason: format!("conversion table for {s} {year} lacks these raw scores; every raw score 0..{} needs a row", s.max_raw()) });
             }
             let mut prev: Option<(usize, Conversion)> = None;
@@ -400,7 +401,6 @@ impl<'r> Loader<'r> {
                 if let Some((praw, p)) = prev
                     && conv.rank() < p.rank()
                 {
-                    complete = false;
                     let show = |c: Conversion| match c {
                         Conversion::NotAwarded => "N".to_string(),
                         Conversion::Scaled(s) => s.get().to_string(),
@@ -414,7 +414,8 @@ impl<'r> Loader<'r> {
                 .map(|v| v.map(|x| x.0).unwrap_or(Conversion::NotAwarded))
                 .collect();
         }
-        complete.then_some(ConversionTables { year, scaled: out })
+        // Incomplete tables were reported above; the year is still known for other checks.
+        Some(ConversionTables { year, scaled: out })
     }
 
     fn load_items(&mut self, tf: &TableFile) {
@@ -473,7 +474,7 @@ impl<'r> Loader<'r> {
         // A KS2 pupil is normally 10 or 11; allow pupils well out of their year group.
         let earliest = time::Date::from_calendar_date(year - 14, time::Month::September, 1).ok();
         let latest = time::Date::from_calendar_date(year - 8, time::Month::August, 31).ok();
-        Loader::each_row_with(self.rep, tf, |c| {
+        let read = Loader::each_row_with(self.rep, tf, |c| {
             let upn = c.parse(0, Upn::parse);
             let laestab = c.parse(1, Laestab::parse);
             let school = laestab.and_then(|l| match school_index.get(&l) {
@@ -545,6 +546,7 @@ impl<'r> Loader<'r> {
                 });
             }
         });
+        self.pupils_known = read;
         // Pupils whose rows had problems are still known by UPN so that their other rows
         // do not each report "unknown pupil" as well.
         for (upn, _) in seen {
@@ -560,11 +562,13 @@ impl<'r> Loader<'r> {
     /// whose own row was invalid (already reported).
     fn pupil(
         index: &HashMap<Upn, u32>,
+        known: bool,
         c: &mut RowCheck<'_>,
         col: usize,
     ) -> Result<Option<u32>, ()> {
         let upn = c.parse(col, Upn::parse).ok_or(())?;
         match index.get(&upn) {
+            None if !known => Ok(None),
             Some(&u32::MAX) => Ok(None),
             Some(&i) => Ok(Some(i)),
             None => {
@@ -576,11 +580,12 @@ impl<'r> Loader<'r> {
 
     fn load_attendance(&mut self, tf: &TableFile) {
         let rep = self.rep;
+        let known = self.pupils_known;
         let index = &self.pupil_index;
         let pupils = &mut self.pupils;
         let mut seen = Seen::new();
         Loader::each_row_with(rep, tf, |c| {
-            let pupil = Self::pupil(index, c, 0);
+            let pupil = Self::pupil(index, known, c, 0);
             let paper = c.parse(1, Paper::parse);
             let code = c.parse(2, AttendanceCode::parse);
             if let (Ok(Some(p)), Some(paper)) = (pupil, paper)
@@ -599,11 +604,12 @@ impl<'r> Loader<'r> {
 
     fn load_annulments(&mut self, tf: &TableFile) {
         let rep = self.rep;
+        let known = self.pupils_known;
         let index = &self.pupil_index;
         let pupils = &mut self.pupils;
         let mut seen = Seen::new();
         Loader::each_row_with(rep, tf, |c| {
-            let pupil = Self::pupil(index, c, 0);
+            let pupil = Self::pupil(index, known, c, 0);
             let subject = c.parse(1, Subject::parse);
             let code = c.parse(2, AnnulmentCode::parse);
             if let (Ok(Some(p)), Some(s)) = (pupil, subject)
@@ -624,11 +630,12 @@ impl<'r> Loader<'r> {
 
     fn load_ta(&mut self, tf: &TableFile) {
         let rep = self.rep;
+        let known = self.pupils_known;
         let index = &self.pupil_index;
         let pupils = &mut self.pupils;
         let mut seen = Seen::new();
         Loader::each_row_with(rep, tf, |c| {
-            let pupil = Self::pupil(index, c, 0);
+            let pupil = Self::pupil(index, known, c, 0);
             let writing = c.optional(1, WritingTa::parse);
             let science = c.optional(2, ScienceTa::parse);
             if let Ok(Some(p)) = pupil
@@ -648,12 +655,13 @@ impl<'r> Loader<'r> {
 
     fn load_scripts(&mut self, tf: &TableFile) -> Vec<ScriptPage> {
         let rep = self.rep;
+        let known = self.pupils_known;
         let index = &self.pupil_index;
         let mut seen = Seen::new();
         let mut keys = Seen::new();
         let mut out = Vec::new();
         Loader::each_row_with(rep, tf, |c| {
-            let pupil = Self::pupil(index, c, 0);
+            let pupil = Self::pupil(index, known, c, 0);
             let paper = c.parse(1, Paper::parse);
             let page = c.int(2, 1, 10_000);
             let key = c.text(3);
@@ -707,7 +715,8 @@ impl<'r> Loader<'r> {
         out
     }
 
-    fn each_row_with(rep: &Reporter, tf: &TableFile, mut f: impl FnMut(&mut RowCheck<'_>)) {
+    /// Run `f` on every row; `false` when the file itself could not be read (reported).
+    fn each_row_with(rep: &Reporter, tf: &TableFile, mut f: impl FnMut(&mut RowCheck<'_>)) -> bool {
         let res = intake::for_each_row(
             tf,
             |row, cells| {
@@ -723,8 +732,12 @@ impl<'r> Loader<'r> {
             },
             &mut |p| rep.push(p),
         );
-        if let Err(p) = res {
-            rep.push(p);
+        match res {
+            Ok(()) => true,
+            Err(p) => {
+                rep.push(p);
+                false
+            }
         }
     }
 
@@ -746,6 +759,7 @@ impl<'r> Loader<'r> {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             schools: self.schools.len(),
+            pupils_known: self.pupils_known,
         };
         match tf.format {
             Format::Csv => {
@@ -784,6 +798,7 @@ struct MarkCtx<'a> {
     /// One bit per pupil and item, set on first sight: a second sight is a duplicate.
     seen: Vec<AtomicU64>,
     schools: usize,
+    pupils_known: bool,
 }
 
 impl<'a> MarkCtx<'a> {
@@ -923,6 +938,7 @@ impl MarkWorker<'_, '_> {
                     match found {
                         Some(u32::MAX) => None,
                         Some(i) => Some(i),
+                        None if !ctx.pupils_known => None,
                         None => {
                             bad("upn", &upn, "unknown pupil: not in pupils".into());
                             return;
