@@ -10,7 +10,9 @@ What it measures
           raw totals per pupil and paper from `marks`, the contract's rules 1-6 (section 2)
           for reading, GPS and maths, conversion through `conversion`, the `_met`/`_high`/
           `rwm_met` columns of section 4, TA from `ta`, and one CSV per school
-          (`COPY ... PARTITION_BY (laestab)`), rows sorted by surname, forename, upn.
+          (`COPY ... PARTITION_BY (laestab), ORDER_BY (surname, forename, upn)`; an ORDER BY
+          in the query is not kept by partitioned writes, duckdb issue #14349, so this needs a
+          DuckDB whose COPY has the ORDER_BY option, e.g. 2.0).
           It runs in a child process (`national.py --duckdb-only ...`) under the same
           `/usr/bin/time`, so peak memory is measured the same way. Its wall time is taken
           inside the child from `duckdb.connect()` to the last file written (interpreter
@@ -26,7 +28,8 @@ How to read it
   WORK/national-figures.json. Then a correctness cross-check: for up to 50 schools (every
   Nth by laestab among the schools DuckDB wrote) the sets of
   (upn, reading_result, gps_result, maths_result, rwm_met) from both outputs must be equal,
-  and the total number of result rows must agree. Exit status: non-zero if publish or the
+  the total number of result rows must agree, and both sides' files in the sample must be
+  in the contract's row order (surname, forename, upn). Exit status: non-zero if publish or the
   DuckDB run fails, 1 on any cross-check mismatch, else 0 (a missed target does not fail).
 
 Usage
@@ -205,7 +208,6 @@ SELECT laestab, upn, surname, forename, dob, gender,
            AND writing_ta IN ('EXS', 'GDS') THEN 'Y'
          ELSE 'N' END AS rwm_met
 FROM r
-ORDER BY laestab, surname, forename, upn
 """
 
 
@@ -221,7 +223,8 @@ def duckdb_only(args):
     con.execute(f"SET temp_directory = {sql_str(out + '.tmp')}")
     rows = con.execute(
         f"COPY ({query}) TO {sql_str(out)} "
-        "(FORMAT CSV, HEADER, PARTITION_BY (laestab), OVERWRITE_OR_IGNORE)").fetchone()[0]
+        "(FORMAT CSV, HEADER, PARTITION_BY (laestab), ORDER_BY (surname, forename, upn), "
+        "OVERWRITE_OR_IGNORE)").fetchone()[0]
     con.close()
     wall = time.perf_counter() - t0
     shutil.rmtree(out + ".tmp", ignore_errors=True)
@@ -256,6 +259,11 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def in_order(rows):
+    k = [(r["surname"], r["forename"], r["upn"]) for r in rows]
+    return k == sorted(k)
+
+
 def key(row):
     return (row["upn"], row["reading_result"], row["gps_result"], row["maths_result"],
             row["rwm_met"])
@@ -270,12 +278,15 @@ def cross_check(work, duck_out, our_rows_total, duck_rows_total):
     sample = parts[::step][:50]
     mismatches = []
     header_ok = True
+    unsorted = {"ours": 0, "duckdb": 0}
     for laestab in sample:
         pdir = os.path.join(duck_out, f"laestab={laestab}")
         duck = set()
         for name in sorted(os.listdir(pdir)):
             if name.endswith(".csv"):
-                duck |= {key(r) for r in read_rows(os.path.join(pdir, name))}
+                rows = read_rows(os.path.join(pdir, name))
+                unsorted["duckdb"] += not in_order(rows)
+                duck |= {key(r) for r in rows}
         ours_path = os.path.join(ours_dir, f"{laestab}.csv")
         ours = set()
         if os.path.isfile(ours_path):
@@ -284,7 +295,9 @@ def cross_check(work, duck_out, our_rows_total, duck_rows_total):
                 header = next(reader, [])
                 if header != HEADER:
                     header_ok = False
-                ours = {key(dict(zip(header, rec))) for rec in reader}
+                rows = [dict(zip(header, rec)) for rec in reader]
+                unsorted["ours"] += not in_order(rows)
+                ours = {key(r) for r in rows}
         for row in sorted(ours - duck):
             mismatches.append((laestab, "only in ours", row))
         for row in sorted(duck - ours):
@@ -295,6 +308,10 @@ def cross_check(work, duck_out, our_rows_total, duck_rows_total):
         print(f"  {laestab} {side}: upn={row[0]} reading={row[1]!r} gps={row[2]!r} "
               f"maths={row[3]!r} rwm={row[4]!r}")
     ok = not mismatches
+    if unsorted["ours"] or unsorted["duckdb"]:
+        print(f"  files not sorted by surname, forename, upn: ours {unsorted['ours']}, "
+              f"duckdb {unsorted['duckdb']}")
+        ok = False
     if not header_ok:
         print("  our school CSV header differs from the contract's section 4")
         ok = False
