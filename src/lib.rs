@@ -25,13 +25,29 @@ pub fn router(state: AppState) -> Router {
 /// Ready when the store answers and a release is current.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     match s.store.current().await {
-        Ok(Some(id)) => (StatusCode::OK, Json(serde_json::json!({ "ready": true, "release": id }))),
-        Ok(None) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reason": "no release published" }))),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reason": "object store unavailable" }))),
+        Ok(Some(id)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "ready": true, "release": id })),
+        ),
+        Ok(None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": "no release published" })),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": "object store unavailable" })),
+        ),
     }
 }
 
 /// Serve until `shutdown` resolves; tests bind port 0 and pass their own listener.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.context("server")
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server")
 }

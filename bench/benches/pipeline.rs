@@ -10,7 +10,15 @@ use nca_pipeline::{outputs, publish, report::Reporter, validate};
 
 fn benches(c: &mut Criterion) {
     let dir = tempfile_dir();
-    generate(&GenOptions { out: dir.clone(), schools: 100, seed: 1, year: 2025, script_pupils: 0, progress: false }).unwrap();
+    generate(&GenOptions {
+        out: dir.clone(),
+        schools: 100,
+        seed: 1,
+        year: 2025,
+        script_pupils: 0,
+        progress: false,
+    })
+    .unwrap();
     let rep = Reporter::in_memory();
     let intake = validate::load(&dir, None, &rep, None);
     assert_eq!(rep.count(), 0);
@@ -25,18 +33,41 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(intake.pupils.len() as u64));
-    g.bench_function("rules_and_conversion (pupils)", |b| b.iter(|| black_box(publish::compute(&intake, None).len())));
+    g.bench_function("rules_and_conversion (pupils)", |b| {
+        b.iter(|| black_box(publish::compute(&intake, None).len()))
+    });
     let rows = publish::compute(&intake, None);
-    let bytes: u64 = rows.iter().map(|r| outputs::school_csv(r).len() as u64).sum();
+    let bytes: u64 = rows
+        .iter()
+        .map(|r| outputs::school_csv(r).len() as u64)
+        .sum();
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function("csv_writing (school CSVs, bytes)", |b| {
-        b.iter(|| black_box(rows.iter().map(|r| outputs::school_csv(r).len()).sum::<usize>()))
+        b.iter(|| {
+            black_box(
+                rows.iter()
+                    .map(|r| outputs::school_csv(r).len())
+                    .sum::<usize>(),
+            )
+        })
     });
     g.bench_function("csv_gzip (bytes of CSV)", |b| {
-        b.iter(|| black_box(rows.iter().map(|r| outputs::gzip(&outputs::school_csv(r)).len()).sum::<usize>()))
+        b.iter(|| {
+            black_box(
+                rows.iter()
+                    .map(|r| outputs::gzip(&outputs::school_csv(r)).len())
+                    .sum::<usize>(),
+            )
+        })
     });
     g.bench_function("csv_brotli (bytes of CSV)", |b| {
-        b.iter(|| black_box(rows.iter().map(|r| outputs::brotli(&outputs::school_csv(r)).len()).sum::<usize>()))
+        b.iter(|| {
+            black_box(
+                rows.iter()
+                    .map(|r| outputs::brotli(&outputs::school_csv(r)).len())
+                    .sum::<usize>(),
+            )
+        })
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);

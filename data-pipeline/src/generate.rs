@@ -1207,12 +1207,7 @@ pub fn page_image(upn: &str, paper: Paper, page: u32) -> Vec<u8> {
             // A marker's tick or cross in the margin.
             let mx = W - 80;
             for t in 0..18 {
-                dot(
-                    &mut px,
-                    mx + t,
-                    y - 10 - if t < 6 { 6 - t } else { t - 6 },
-                    60,
-                );
+                dot(&mut px, mx + t, y - 10 - t.abs_diff(6), 60);
             }
         }
         y += 56;

@@ -177,7 +177,7 @@ impl Store {
             .get(&p)
             .await
             .with_context(|| format!("reading {p}"))?;
-        Ok(r.bytes().await.with_context(|| format!("reading {p}"))?)
+        r.bytes().await.with_context(|| format!("reading {p}"))
     }
 
     /// Put an object at a key relative to the store (script pages).

@@ -102,6 +102,9 @@ pub fn load(
     }
 }
 
+/// One conversion table as read: per raw score, its conversion and row.
+type TableRows = Vec<Option<(Conversion, u64)>>;
+
 struct Loader<'r> {
     rep: &'r Reporter,
     /// False when the pupils file could not be read at all: rows elsewhere are then not
@@ -322,7 +325,7 @@ impl<'r> Loader<'r> {
 
     fn load_conversion(&mut self, tf: &TableFile, year: Option<i32>) -> Option<ConversionTables> {
         // (year, subject) -> raw -> (conversion, row)
-        let mut tables: HashMap<(i32, Subject), Vec<Option<(Conversion, u64)>>> = HashMap::new();
+        let mut tables: HashMap<(i32, Subject), TableRows> = HashMap::new();
         Loader::each_row_with(self.rep, tf, |c| {
             let y = c.int(0, 1990, 2100);
             let subject = c.parse(1, Subject::parse);
@@ -929,8 +932,11 @@ impl MarkWorker<'_, '_> {
             _ => {
                 let text = upn.text();
                 let b = text.trim().as_bytes();
-                let p = if b.len() == 13 && self.last_pupil.is_some() && b == self.last_upn {
-                    self.last_pupil.expect("checked")
+                let p = if let Some(last) = self
+                    .last_pupil
+                    .filter(|_| b.len() == 13 && b == self.last_upn)
+                {
+                    last
                 } else {
                     let found = Upn::parse(text.trim())
                         .ok()
