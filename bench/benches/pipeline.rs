@@ -43,7 +43,8 @@ fn benches(c: &mut Criterion) {
         .sum();
     g.throughput(Throughput::Bytes(bytes));
     // Writing alone, then writing with each precompressed variant.
-    let steps: [(&str, fn(Vec<u8>) -> Vec<u8>); 3] = [
+    type Step = fn(Vec<u8>) -> Vec<u8>;
+    let steps: [(&str, Step); 3] = [
         ("csv_writing (school CSVs, bytes)", |csv| csv),
         ("csv_gzip (bytes of CSV)", |csv| outputs::gzip(&csv)),
         ("csv_brotli (bytes of CSV)", |csv| outputs::brotli(&csv)),
