@@ -1,53 +1,224 @@
-//! nca-portal: the results-release service. For now the server only reports its health and
-//! the current release; sign-in, the results plane and the portal arrive in later issues.
+//! nca-portal: the results-release service. `http` owns the listener, TLS and limits; `auth`
+//! identity and sessions; `accounts` the account-management rules; `portal` the pages; `api`
+//! the JSON flows; `db` the portal database; `email` outgoing mail; `config` the settings.
+
+pub mod accounts;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod email;
+pub mod error;
+pub mod http;
+pub mod orgs;
+pub mod portal;
+
+use std::ops::Deref;
+use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum_extra::extract::cookie::Key;
+use base64::Engine;
 use nca_pipeline::store::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
-/// Shared state of the server.
+use auth::{Clock, Revocations, Throttle, password::Hasher};
+use config::Settings;
+
+/// Shared state of the server; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub settings: Settings,
+    pub public_url: String,
+    pub db: db::Db,
     pub store: Store,
+    pub mailer: email::Mailer,
+    pub hasher: Hasher,
+    pub key: Key,
+    pub clock: Clock,
+    pub throttle: Throttle,
+    pub revocations: Revocations,
+    pub tz: jiff::tz::TimeZone,
 }
 
-/// The server's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-/// Ready when the store answers and a release is current.
-async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    match s.store.current().await {
-        Ok(Some(id)) => (
-            StatusCode::OK,
-            Json(serde_json::json!({ "ready": true, "release": id })),
-        ),
-        Ok(None) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": "no release published" })),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "ready": false, "reason": "object store unavailable" })),
-        ),
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
     }
 }
 
-/// Serve until `shutdown` resolves; tests bind port 0 and pass their own listener.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server")
+impl AppState {
+    /// Open everything the settings name: database (migrated), store, mailer, keys.
+    pub async fn open(settings: Settings, clock: Clock) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&settings.data.dir)
+            .with_context(|| format!("creating data folder {}", settings.data.dir.display()))?;
+        let db = db::connect(&settings.database_url(), settings.database.max_connections).await?;
+        let store = Store::open(&settings.store_url())?;
+        let mailer = if settings.email.smtp_url.is_empty() {
+            email::Mailer::outbox(settings.outbox(), &settings.email.from)?
+        } else {
+            email::Mailer::smtp(
+                &settings.email.smtp_url,
+                &settings.email.smtp_password,
+                &settings.email.from,
+            )?
+        };
+        let key = session_key(&settings)?;
+        let revocations = Revocations::default();
+        revocations.refresh(&db).await?;
+        Ok(AppState(Arc::new(Inner {
+            public_url: settings.public_url(),
+            hasher: Hasher::new(settings.hash_threads()),
+            throttle: Throttle::new(
+                settings.auth.ip_attempts_per_minute,
+                settings.auth.free_failures,
+                settings.auth.max_delay_secs,
+            ),
+            tz: settings.timezone(),
+            settings,
+            db,
+            store,
+            mailer,
+            key,
+            clock,
+            revocations,
+        })))
+    }
+}
+
+/// The cookie key from settings, or one generated once and kept under the data folder.
+fn session_key(settings: &Settings) -> anyhow::Result<Key> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = if settings.auth.session_key.is_empty() {
+        let path = settings.data.dir.join("session.key");
+        if !path.exists() {
+            let bytes: Vec<u8> = (0..4).flat_map(|_| rand::random::<[u8; 16]>()).collect();
+            std::fs::write(&path, b64.encode(bytes))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        std::fs::read_to_string(&path)?
+    } else {
+        settings.auth.session_key.clone()
+    };
+    let bytes = b64
+        .decode(text.trim())
+        .context("auth.session_key is not base64")?;
+    anyhow::ensure!(
+        bytes.len() >= 64,
+        "auth.session_key must be at least 64 bytes"
+    );
+    Ok(Key::from(&bytes))
+}
+
+/// The server's routes and middleware.
+pub fn router(state: AppState) -> Router {
+    let hsts = HeaderValue::from_static("max-age=31536000; includeSubDomains");
+    let csp = HeaderValue::from_static(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    );
+    let request_id = HeaderName::from_static("x-request-id");
+    let timeout = std::time::Duration::from_secs(state.settings.server.request_timeout_secs);
+    Router::new()
+        .merge(portal::routes())
+        .merge(api::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::session::middleware,
+        ))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            state.settings.server.max_body_bytes,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            hsts,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            csp,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id = id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Count and time every request by route template (never the raw path: no UPNs in metrics).
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("nca_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("nca_http_request_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Ready when the database answers and the object store can be read.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    use serde_json::json;
+    if sqlx::query("SELECT 1").execute(&s.db).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": "database unavailable" })),
+        );
+    }
+    match s.store.current().await {
+        Ok(release) => (
+            StatusCode::OK,
+            axum::Json(json!({ "ready": true, "release": release })),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": "object store unavailable" })),
+        ),
+    }
 }

@@ -1,117 +1,395 @@
-//! `nca-portal`: the server binary. Thin: parses arguments and wires the library.
+//! `nca-portal`: the server binary. Thin: parses arguments, loads settings and wires the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use nca_pipeline::store::Store;
-use nca_portal::AppState;
+use clap::{Args, Parser, Subcommand};
+use nca_portal::accounts::{self, Actor};
+use nca_portal::auth::Clock;
+use nca_portal::auth::roles::{Role, RoleSet};
+use nca_portal::config::{Overrides, Settings};
+use nca_portal::{AppState, db, http, orgs};
 
 #[derive(Parser)]
-#[command(name = "nca-portal", version, about = "KS2 results-release service")]
+#[command(
+    name = "nca-portal",
+    version,
+    about = "KS2 results-release service and portal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct Common {
+    /// Folder for the database, outbox, local object store and generated certificate.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Folder holding base.toml and <env>.toml.
+    #[arg(long, global = true, default_value = "config")]
+    config_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the current release's health over HTTP.
+    /// Serve the portal over HTTPS.
     Serve {
-        #[arg(long, default_value = "127.0.0.1:8080", env = "NCA_SERVER__LISTEN")]
-        listen: SocketAddr,
-        #[arg(long, default_value = "nca-data/store", env = "NCA_PIPELINE_STORE")]
-        store: String,
+        #[command(flatten)]
+        common: Common,
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Object store of releases (overrides store.url).
+        #[arg(long)]
+        store: Option<String>,
     },
-    /// The main job on embedded defaults: generate a synthetic cohort, publish it, serve.
+    /// Organisations.
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// The main job on embedded defaults: a synthetic cohort, a release, demo accounts, serve.
     Demo {
-        #[arg(long, default_value = "nca-data")]
-        data: PathBuf,
+        #[command(flatten)]
+        common: Common,
         #[arg(long, default_value_t = 200)]
         schools: usize,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        #[arg(long)]
+        listen: Option<String>,
     },
 }
 
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Load schools, LAs and trusts from an intake's `schools` and `las` files (re-runnable).
+    Import {
+        dir: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user and print the invitation link (or set a password for scripted set-up).
+    Add {
+        #[arg(long)]
+        email: String,
+        /// LAESTAB, LA code, trust UID or `operator`.
+        #[arg(long)]
+        org: String,
+        /// Role names, e.g. account-manager, general-user, la-account-manager, mat-user.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Set this password instead of sending an invitation (demo and load tests).
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List an organisation's users.
+    List {
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn settings(
+    common: &Common,
+    listen: Option<String>,
+    store: Option<String>,
+) -> anyhow::Result<Settings> {
+    Ok(Settings::load(
+        &common.config_dir,
+        &Overrides {
+            data_dir: common.data_dir.clone(),
+            listen,
+            store,
+        },
+    )?)
+}
+
+fn init_logs(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    http::install_crypto_provider();
+    let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting runtime")?;
-    match Cli::parse().command {
-        Command::Serve { listen, store } => rt.block_on(serve(listen, Store::open(&store)?)),
+    match cli.command {
+        Command::Serve {
+            common,
+            listen,
+            store,
+        } => {
+            let s = settings(&common, listen, store)?;
+            init_logs(s.server.json_logs);
+            rt.block_on(serve(s, None))
+        }
+        Command::Orgs {
+            command: OrgsCommand::Import { dir, common },
+        } => {
+            let s = settings(&common, None, None)?;
+            rt.block_on(async {
+                let db = db::connect(&s.database_url(), s.database.max_connections).await?;
+                let now = Clock::System.now();
+                let (added, updated) = orgs::import(&db, &dir, now).await?;
+                db::audit(
+                    &db,
+                    db::Audit {
+                        actor: Some("cli"),
+                        action: "orgs-imported",
+                        detail: format!(
+                            "{} added, {} updated from {}",
+                            added,
+                            updated,
+                            dir.display()
+                        ),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await?;
+                println!("{added} organisations added, {updated} updated");
+                Ok(())
+            })
+        }
+        Command::Users { command } => rt.block_on(users(command)),
         Command::Demo {
-            data,
+            common,
             schools,
             listen,
         } => {
-            let intake = data.join("intake");
-            println!(
-                "generating a synthetic cohort of {schools} primary schools in {}",
-                intake.display()
-            );
-            let s = nca_pipeline::generate::generate(&nca_pipeline::generate::GenOptions {
-                out: intake.clone(),
-                schools,
-                seed: 1,
-                year: 2025,
-                script_pupils: 4,
-                progress: false,
-            })?;
-            println!(
-                "  {} pupils, {} mark rows, {} script pages",
-                s.pupils, s.mark_rows, s.script_pages
-            );
-            let store = Store::open(
-                data.join("store")
-                    .to_str()
-                    .context("data path is not UTF-8")?,
-            )?;
-            let now = time::OffsetDateTime::now_utc();
-            let opts = nca_pipeline::publish::PublishOptions {
-                dir: intake,
-                year: None,
-                opens_at: now,
-                ks3_opens_at: now,
-                progress: false,
-                concurrency: 32,
-            };
-            let rep = std::sync::Arc::new(nca_pipeline::report::Reporter::in_memory());
-            let p = rt
-                .block_on(nca_pipeline::publish::publish(&store, &opts, rep.clone()))
-                .map_err(|e| anyhow::anyhow!("{e}: {:?}", rep.problems().first()))?;
-            println!(
-                "published release {} ({} objects) to {}",
-                p.id,
-                p.objects,
-                store.url()
-            );
-            println!(
-                "try: cargo run --release -p nca-pipeline -- export --store {} --laestab 2012000",
-                store.url()
-            );
-            println!(
-                "sign-in and the results pages arrive with the identity and results-morning issues;"
-            );
-            println!(
-                "for now the server answers http://{listen}/healthz and http://{listen}/readyz"
-            );
-            rt.block_on(serve(listen, store))
+            let s = settings(&common, listen, None)?;
+            init_logs(s.server.json_logs);
+            rt.block_on(demo(s, schools))
         }
     }
 }
 
-async fn serve(listen: SocketAddr, store: Store) -> anyhow::Result<()> {
+async fn users(command: UsersCommand) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::Add {
+            email,
+            org,
+            roles,
+            name,
+            password,
+            common,
+        } => {
+            let s = settings(&common, None, None)?;
+            let state = AppState::open(s, Clock::System).await?;
+            let mut set = RoleSet::default();
+            for r in &roles {
+                set.insert(Role::parse(r).with_context(|| {
+                    let names: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+                    format!("unknown role {r:?}: expected one of {}", names.join(", "))
+                })?);
+            }
+            let name = if name.is_empty() {
+                email.split('@').next().unwrap_or("").to_string()
+            } else {
+                name
+            };
+            let created = accounts::create_user(
+                &state,
+                &Actor::cli(),
+                &org,
+                &name,
+                &email,
+                set,
+                password.as_deref(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match (created.invitation, created.added_to_existing) {
+                (Some(link), _) => {
+                    println!("user {email} created; invitation link (also emailed):\n{link}")
+                }
+                (None, true) => println!("existing account {email} given roles in {org}"),
+                (None, false) => println!("user {email} created with the given password"),
+            }
+            Ok(())
+        }
+        UsersCommand::List { org, common } => {
+            let s = settings(&common, None, None)?;
+            let db = db::connect(&s.database_url(), s.database.max_connections).await?;
+            anyhow::ensure!(
+                db::org(&db, &org).await?.is_some(),
+                "organisation {org} does not exist"
+            );
+            for m in db::members(&db, &org).await? {
+                let roles: Vec<&str> = m.roles.iter().map(|r| r.name()).collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    m.email,
+                    m.name,
+                    roles.join(","),
+                    if m.active { "active" } else { "invited" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
+    let tls = http::tls_config(&s.server.tls_cert, &s.server.tls_key, &s.data.dir)?;
+    let limits = http::Limits::from_settings(&s);
+    let listen = s.listen();
+    let admin = s.admin_listen();
+    let state = AppState::open(s, Clock::System).await?;
+    nca_portal::auth::spawn_revocation_refresh(state.clone());
+    let _ = http::metrics_handle();
+    if let Some(addr) = admin {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding admin {addr}"))?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        tokio::spawn(async move {
+            if let Err(e) = http::serve_admin(l).await {
+                tracing::error!(error = %e, "admin listener");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "serving");
-    nca_portal::serve(listener, AppState { store }, async {
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    http::serve_tls(listener, tls, nca_portal::router(state), limits, async {
         let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
     })
     .await
+}
+
+/// Demo accounts, all with this password (local use only).
+const DEMO_PASSWORD: &str = "Demo-Portal-2025!";
+
+async fn demo(s: Settings, schools: usize) -> anyhow::Result<()> {
+    let data = s.data.dir.clone();
+    let intake = data.join("intake");
+    println!(
+        "generating a synthetic cohort of {schools} primary schools in {}",
+        intake.display()
+    );
+    let g = nca_pipeline::generate::generate(&nca_pipeline::generate::GenOptions {
+        out: intake.clone(),
+        schools,
+        seed: 1,
+        year: 2025,
+        script_pupils: 4,
+        progress: false,
+    })?;
+    println!(
+        "  {} pupils, {} mark rows, {} script pages",
+        g.pupils, g.mark_rows, g.script_pages
+    );
+    let store = nca_pipeline::store::Store::open(&s.store_url())?;
+    let now = time::OffsetDateTime::now_utc();
+    let opts = nca_pipeline::publish::PublishOptions {
+        dir: intake.clone(),
+        year: None,
+        opens_at: now,
+        ks3_opens_at: now,
+        progress: false,
+        concurrency: 32,
+    };
+    let rep = std::sync::Arc::new(nca_pipeline::report::Reporter::in_memory());
+    let p = nca_pipeline::publish::publish(&store, &opts, rep.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}: {:?}", rep.problems().first()))?;
+    println!(
+        "published release {} ({} objects) to {}",
+        p.id,
+        p.objects,
+        store.url()
+    );
+    let state = AppState::open(s.clone(), Clock::System).await?;
+    let (added, updated) = orgs::import(&state.db, &intake, Clock::System.now()).await?;
+    println!("organisations: {added} added, {updated} updated");
+    let schools_file = orgs::read(&intake).map_err(|p| anyhow::anyhow!("{} problems", p.len()))?;
+    let first = |kind: nca_portal::auth::roles::OrgKind| {
+        schools_file
+            .iter()
+            .find(|o| o.kind == kind)
+            .map(|o| o.id.clone())
+    };
+    use nca_portal::auth::roles::OrgKind;
+    let demo_users = [
+        (
+            "head@demo.school",
+            first(OrgKind::Ks2School),
+            vec![
+                Role::AccountManager,
+                Role::GeneralUser,
+                Role::AccessArrangements,
+            ],
+        ),
+        (
+            "la@demo.gov.uk",
+            first(OrgKind::La),
+            vec![Role::LaAccountManager, Role::LaSeniorManager],
+        ),
+        ("mat@demo.trust", first(OrgKind::Mat), vec![Role::MatUser]),
+        (
+            "ks3@demo.school",
+            first(OrgKind::Ks3School),
+            vec![Role::Ks3User],
+        ),
+        (
+            "operator@demo.sta",
+            Some("operator".to_string()),
+            vec![Role::Operator],
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (email, org, roles) in demo_users {
+        let Some(org) = org else { continue };
+        if db::user_by_email(&state.db, email).await?.is_none() {
+            accounts::create_user(
+                &state,
+                &Actor::cli(),
+                &org,
+                email,
+                email,
+                RoleSet::of(&roles),
+                Some(DEMO_PASSWORD),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        lines.push(format!("  {email:<20} at {org}"));
+    }
+    drop(state);
+    let banner = format!(
+        "\nNCA Portal is running at {url}/ (self-signed certificate: accept the browser's warning)\n\
+         Sign in with one of these demo accounts, password {DEMO_PASSWORD}\n{}\n\
+         The daily email code is written to {outbox}/ as an .eml file.\nPress Ctrl-C to stop.",
+        lines.join("\n"),
+        url = s.public_url(),
+        outbox = s.outbox().display()
+    );
+    serve(s, Some(banner)).await
 }

@@ -37,7 +37,14 @@ fn http(port: u16, request: &str) -> String {
 fn start_moto() -> (Moto, u16) {
     let port = free_port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -96,13 +103,17 @@ fn publish_export_and_rollback_against_a_real_s3_server() {
         );
     };
     publish(&[]);
-    let out = pipeline(
-        port,
-        &["export", "--store", store, "--laestab", "9992001"],
+    let out = pipeline(port, &["export", "--store", store, "--laestab", "9992001"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let expected = std::fs::read(dir.join("expected/school-9992001.csv")).unwrap();
-    assert_eq!(out.stdout, expected, "S3 export is byte-identical to the golden file");
+    assert_eq!(
+        out.stdout, expected,
+        "S3 export is byte-identical to the golden file"
+    );
     let out = pipeline(port, &["export", "--store", store, "--la", "999"]);
     assert_eq!(
         out.stdout,
@@ -116,19 +127,36 @@ fn publish_export_and_rollback_against_a_real_s3_server() {
     let listing = String::from_utf8(out.stdout).unwrap();
     let ids: Vec<&str> = listing
         .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.len() > 15 && w.contains('T')))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.len() > 15 && w.contains('T'))
+        })
         .collect();
     assert_eq!(ids.len(), 2, "{listing}");
     let out = pipeline(port, &["rollback", "--store", store, "--to", ids[0]]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listing = String::from_utf8(pipeline(port, &["releases", "--store", store]).stdout).unwrap();
-    let current = listing.lines().find(|l| l.contains("current")).unwrap_or("");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing =
+        String::from_utf8(pipeline(port, &["releases", "--store", store]).stdout).unwrap();
+    let current = listing
+        .lines()
+        .find(|l| l.contains("current"))
+        .unwrap_or("");
     assert!(current.contains(ids[0]), "{listing}");
 
     // A bucket that does not exist is an error naming the store, not a panic.
     let out = pipeline(
         port,
-        &["export", "--store", "s3://no-such-bucket/x", "--laestab", "9992001"],
+        &[
+            "export",
+            "--store",
+            "s3://no-such-bucket/x",
+            "--laestab",
+            "9992001",
+        ],
     );
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());

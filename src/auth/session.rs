@@ -1,0 +1,292 @@
+//! Sessions in an encrypted cookie (AES-GCM, axum-extra's private jar): the user, organisation,
+//! roles and times travel in the cookie, so checking a session needs no database read. A
+//! middleware decodes it once per request, ends idle or revoked sessions, and re-issues it
+//! as the user goes; handlers take the `Signed` guard or the `Visitor` state.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::PrivateCookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use serde::{Deserialize, Serialize};
+
+use super::roles::{Action, OrgKind, RoleSet, allows};
+use crate::AppState;
+
+pub const SESSION_COOKIE: &str = "nca_session";
+pub const DEVICE_COOKIE: &str = "nca_mfa";
+
+/// Everything a session carries. Short field names keep the cookie small.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionData {
+    /// The CSRF token every form of this browser must echo.
+    #[serde(rename = "c")]
+    pub csrf: String,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<SignedIn>,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+impl SessionData {
+    pub fn fresh() -> SessionData {
+        SessionData {
+            csrf: format!("{:032x}", rand::random::<u128>()),
+            user: None,
+            pending: None,
+        }
+    }
+}
+
+/// Password passed, email code awaited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub uid: String,
+    pub at: i64,
+}
+
+/// A signed-in user in one organisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedIn {
+    pub uid: String,
+    pub email: String,
+    pub name: String,
+    pub org: String,
+    pub org_name: String,
+    pub kind: OrgKind,
+    pub roles: RoleSet,
+    /// Organisations this account belongs to (more than one: the LA switcher shows).
+    pub orgs: u32,
+    /// Issued at (sign-in), and last seen: Unix seconds.
+    pub iat: i64,
+    pub seen: i64,
+    /// The password has expired and must be changed before anything else.
+    pub must_change: bool,
+}
+
+impl SignedIn {
+    pub fn may(&self, action: Action) -> bool {
+        allows(self.roles, action)
+    }
+}
+
+/// The decoded session of this request, put in the request's extensions by the middleware.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub data: SessionData,
+    /// A signed-in session ended by inactivity on this request.
+    pub timed_out: bool,
+}
+
+/// Put this in a response's extensions to replace the session cookie.
+#[derive(Debug, Clone)]
+pub struct SetSession(pub SessionData);
+
+/// Put this in a response's extensions to remember that this browser passed MFA today.
+#[derive(Debug, Clone)]
+pub struct SetDevice(pub String);
+
+fn cookie(name: &'static str, value: String, max_age: Option<i64>) -> Cookie<'static> {
+    let mut c = Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Lax)
+        .build();
+    if let Some(s) = max_age {
+        c.set_max_age(time::Duration::seconds(s));
+    }
+    c
+}
+
+/// Decode the session, end it when idle or revoked, run the handler, then write the cookie
+/// back when the handler replaced it or the last-seen time needs moving on.
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let jar = PrivateCookieJar::from_headers(req.headers(), state.key.clone());
+    let now = state.clock.now();
+    let idle = state.settings.auth.idle_minutes * 60;
+    let decoded = jar
+        .get(SESSION_COOKIE)
+        .and_then(|c| serde_json::from_str::<SessionData>(c.value()).ok());
+    let had_cookie = decoded.is_some();
+    let mut data = decoded.unwrap_or_else(SessionData::fresh);
+    let mut timed_out = false;
+    let mut changed = !had_cookie;
+    if let Some(u) = &data.user {
+        if now - u.seen > idle {
+            timed_out = true;
+        }
+        if timed_out || state.revocations.revoked(&u.uid, u.iat) {
+            data.user = None;
+            changed = true;
+        }
+    }
+    // Keep-alive and page views move "last seen" on; re-issue at most once a minute.
+    let keepalive = req.uri().path() == "/session/keepalive";
+    if let Some(u) = &mut data.user
+        && (now - u.seen >= 60 || keepalive)
+    {
+        u.seen = now;
+        changed = true;
+    }
+    req.extensions_mut().insert(Current {
+        data: data.clone(),
+        timed_out,
+    });
+    let mut resp = next.run(req).await;
+    let replaced = resp.extensions_mut().remove::<SetSession>();
+    let device = resp.extensions_mut().remove::<SetDevice>();
+    let mut jar = PrivateCookieJar::from_headers(&axum::http::HeaderMap::new(), state.key.clone());
+    if let Some(SetSession(d)) = replaced {
+        jar = jar.add(cookie(
+            SESSION_COOKIE,
+            serde_json::to_string(&d).expect("json"),
+            None,
+        ));
+    } else if changed {
+        jar = jar.add(cookie(
+            SESSION_COOKIE,
+            serde_json::to_string(&data).expect("json"),
+            None,
+        ));
+    }
+    if let Some(SetDevice(v)) = device {
+        jar = jar.add(cookie(DEVICE_COOKIE, v, Some(86_400)));
+    }
+    for c in jar.iter() {
+        if let Ok(v) = HeaderValue::from_str(&c.encoded().to_string()) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// The device cookie's value, if this browser has one.
+pub fn device(parts: &axum::http::HeaderMap, state: &AppState) -> Option<String> {
+    PrivateCookieJar::from_headers(parts, state.key.clone())
+        .get(DEVICE_COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+/// Any visitor's session (signed in or not), for forms that come before sign-in.
+#[derive(Debug, Clone)]
+pub struct Visitor(pub Current);
+
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = StatusCode;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Current>()
+            .cloned()
+            .map(Visitor)
+            .ok_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// A signed-in user: the guard every protected handler takes, so no route can forget the check.
+/// Pages without a session redirect to sign-in; the API answers 401.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub user: SignedIn,
+    pub csrf: String,
+    pub data: SessionData,
+}
+
+impl Signed {
+    /// Refuse with 403 unless the user's roles allow `action`.
+    pub fn require(&self, action: Action) -> Result<(), crate::error::AppError> {
+        if self.user.may(action) {
+            Ok(())
+        } else {
+            Err(crate::error::AppError::Forbidden)
+        }
+    }
+}
+
+/// Why a request is not signed in.
+#[derive(Debug)]
+pub struct NotSignedIn {
+    api: bool,
+    timed_out: bool,
+    next: String,
+}
+
+impl IntoResponse for NotSignedIn {
+    fn into_response(self) -> Response {
+        if self.api {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({ "error": "sign in first" })),
+            )
+                .into_response();
+        }
+        let mut to = String::from("/sign-in?next=");
+        to.push_str(
+            &url::form_urlencoded::byte_serialize(self.next.as_bytes()).collect::<String>(),
+        );
+        if self.timed_out {
+            to.push_str("&timeout=1");
+        }
+        Redirect::to(&to).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Signed {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = parts.uri.path().to_string();
+        let current = parts
+            .extensions
+            .get::<Current>()
+            .cloned()
+            .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        let Some(user) = current.data.user.clone() else {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string());
+            return Err(NotSignedIn {
+                api: path.starts_with("/api/"),
+                timed_out: current.timed_out,
+                next,
+            }
+            .into_response());
+        };
+        // An expired password must be changed before anything else.
+        if user.must_change
+            && !matches!(
+                path.as_str(),
+                "/account/password" | "/sign-out" | "/session/keepalive"
+            )
+        {
+            if path.starts_with("/api/") {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    axum::Json(
+                        serde_json::json!({ "error": "your password has expired: change it" }),
+                    ),
+                )
+                    .into_response());
+            }
+            return Err(Redirect::to("/account/password?expired=1").into_response());
+        }
+        Ok(Signed {
+            csrf: current.data.csrf.clone(),
+            data: current.data,
+            user,
+        })
+    }
+}
+
+/// Check a form's CSRF token against the session's.
+pub fn check_csrf(expected: &str, given: &str) -> Result<(), crate::error::AppError> {
+    let same: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), given.as_bytes()).into();
+    if same && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::AppError::Csrf)
+    }
+}

@@ -1,0 +1,588 @@
+// Browser journeys of the NCA Portal: Playwright (playwright-core) driving Debian's Chromium
+// headless against a running server, with an axe-core accessibility check of every page the
+// journeys visit. Run by scripts/browser-tests, which starts the server and sets:
+//
+//   NCA_URL               base URL of the server, e.g. https://127.0.0.1:8443
+//   NCA_DATA_DIR          the server's data folder (emails are read from its outbox/)
+//   NCA_OUTBOX            the outbox folder, when not <NCA_DATA_DIR>/outbox
+//   NCA_MANAGER_EMAIL     an account manager of a school, with a password
+//   NCA_MANAGER_PASSWORD
+//   NCA_THROTTLE_EMAIL    an account (with a password) that journey (d) locks out for a while
+//   NCA_THROTTLE_PASSWORD
+//   CHROMIUM              the browser (default /usr/bin/chromium)
+//   NCA_ARTIFACTS         folder for screenshots and HTML of failed steps (default: a temp dir)
+//   NCA_JOURNEYS          comma-separated journey letters to run (default: all)
+//
+// Exits 0 only when every journey passed and no page had an axe violation.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+import { AxeBuilder } from '@axe-core/playwright';
+
+// ---------- settings ----------
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`journeys: environment variable ${name} is required (scripts/browser-tests sets it)`);
+    process.exit(2);
+  }
+  return v;
+}
+
+const BASE = need('NCA_URL').replace(/\/+$/, '');
+const OUTBOX = process.env.NCA_OUTBOX || path.join(need('NCA_DATA_DIR'), 'outbox');
+const MANAGER = { email: need('NCA_MANAGER_EMAIL'), password: need('NCA_MANAGER_PASSWORD') };
+const THROTTLED = {
+  email: process.env.NCA_THROTTLE_EMAIL || `nobody-${Date.now()}@example.invalid`,
+  password: process.env.NCA_THROTTLE_PASSWORD || '',
+};
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = process.env.NCA_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'nca-browser-'));
+const ONLY = (process.env.NCA_JOURNEYS || '').split(',').map((s) => s.trim()).filter(Boolean);
+const GOOD_PASSWORD = 'Tr0ubadour&Bells-42';
+const RUN_ID = Date.now().toString(36);
+const STEP_TIMEOUT = 20_000;
+
+// ---------- small assertions ----------
+
+class JourneyError extends Error {}
+
+function check(cond, message) {
+  if (!cond) throw new JourneyError(message);
+}
+
+function equal(actual, expected, what) {
+  check(actual === expected, `${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+}
+
+// ---------- the outbox ----------
+
+/** Decode RFC 2047 encoded words (=?utf-8?b?...?= and =?utf-8?q?...?=) in a header value. */
+function decodeWords(value) {
+  return value
+    .replace(/\?=\s+=\?/g, '?==?')
+    .replace(/=\?([^?]+)\?([bqBQ])\?([^?]*)\?=/g, (_, charset, enc, text) => {
+      const bytes = enc.toLowerCase() === 'b'
+        ? Buffer.from(text, 'base64')
+        : qpBytes(text.replace(/_/g, ' '));
+      return decodeBytes(bytes, charset);
+    });
+}
+
+function qpBytes(text) {
+  const out = [];
+  const s = text.replace(/=\r?\n/g, '');
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] === '=' && /^[0-9A-Fa-f]{2}$/.test(s.slice(i + 1, i + 3))) {
+      out.push(parseInt(s.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else {
+      out.push(...Buffer.from(s[i], 'utf8'));
+    }
+  }
+  return Buffer.from(out);
+}
+
+function decodeBytes(bytes, charset = 'utf-8') {
+  try {
+    return new TextDecoder(charset.toLowerCase()).decode(bytes);
+  } catch {
+    return bytes.toString('utf8');
+  }
+}
+
+/** Split a MIME entity into lower-cased, unfolded headers and its raw body. */
+function splitEntity(text) {
+  const m = /\r?\n\r?\n/.exec(text);
+  const head = m ? text.slice(0, m.index) : text;
+  const body = m ? text.slice(m.index + m[0].length) : '';
+  const headers = {};
+  let last = null;
+  for (const line of head.split(/\r?\n/)) {
+    if (/^[ \t]/.test(line) && last) {
+      headers[last] += ' ' + line.trim();
+    } else {
+      const i = line.indexOf(':');
+      if (i > 0) {
+        last = line.slice(0, i).trim().toLowerCase();
+        headers[last] = (headers[last] ? headers[last] + ', ' : '') + line.slice(i + 1).trim();
+      }
+    }
+  }
+  return { headers, body };
+}
+
+/** The plain-text body of a MIME entity, with its transfer encoding undone. */
+function plainText({ headers, body }) {
+  const type = headers['content-type'] || 'text/plain';
+  const boundary = /boundary="?([^";]+)"?/i.exec(type);
+  if (/^multipart\//i.test(type) && boundary) {
+    const parts = body.split('--' + boundary[1]).slice(1).filter((p) => !p.startsWith('--'));
+    const entities = parts.map((p) => splitEntity(p.replace(/^\r?\n/, '')));
+    const text = entities.find((e) => /^text\/plain/i.test(e.headers['content-type'] || 'text/plain'));
+    return text ? plainText(text) : entities.map(plainText).join('\n');
+  }
+  const charset = (/charset="?([^";]+)"?/i.exec(type) || [])[1] || 'utf-8';
+  const encoding = (headers['content-transfer-encoding'] || '7bit').toLowerCase();
+  let bytes;
+  if (encoding === 'base64') bytes = Buffer.from(body.replace(/\s+/g, ''), 'base64');
+  else if (encoding === 'quoted-printable') bytes = qpBytes(body);
+  else bytes = Buffer.from(body, 'utf8');
+  return decodeBytes(bytes, charset).replace(/\r\n/g, '\n');
+}
+
+function addresses(value) {
+  return (value.match(/[^\s<>,;"']+@[^\s<>,;"']+/g) || []).map((a) => a.toLowerCase());
+}
+
+function readMessage(file) {
+  const entity = splitEntity(fs.readFileSync(file, 'utf8'));
+  return {
+    file,
+    mtime: fs.statSync(file).mtimeMs,
+    to: addresses(entity.headers.to || ''),
+    subject: decodeWords(entity.headers.subject || ''),
+    body: plainText(entity),
+  };
+}
+
+const mail = {
+  /** The .eml files in the outbox now: pass to `waitFor` to see only later messages. */
+  snapshot() {
+    return new Set(fs.existsSync(OUTBOX) ? fs.readdirSync(OUTBOX).filter((f) => f.endsWith('.eml')) : []);
+  },
+  /** The newest message to `to` with `subject` that is not in `before`; waits for it. */
+  async waitFor({ to, subject, before, timeout = 15_000 }) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      const found = [];
+      if (fs.existsSync(OUTBOX)) {
+        for (const f of fs.readdirSync(OUTBOX)) {
+          if (!f.endsWith('.eml') || before.has(f)) continue;
+          let m;
+          try {
+            m = readMessage(path.join(OUTBOX, f));
+          } catch {
+            continue; // being written
+          }
+          if (m.to.includes(to.toLowerCase()) && m.subject === subject) found.push(m);
+        }
+      }
+      if (found.length) return found.sort((a, b) => b.mtime - a.mtime)[0];
+      if (Date.now() > deadline) {
+        throw new JourneyError(`no email to ${to} with subject "${subject}" arrived in ${OUTBOX} within ${timeout / 1000} s`);
+      }
+      await sleep(200);
+    }
+  },
+};
+
+// ---------- pages ----------
+
+/** One journey's record: its name, the pages it checked and the axe violations found. */
+class Journey {
+  constructor(letter, title) {
+    this.letter = letter;
+    this.title = title;
+    this.pages = [];
+    this.violations = [];
+    this.contexts = [];
+    this.pageErrors = [];
+    this.lastPage = null;
+  }
+
+  log(msg) {
+    console.log(`  (${this.letter}) ${msg}`);
+  }
+
+  async newPage(browser) {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, baseURL: BASE });
+    context.setDefaultTimeout(STEP_TIMEOUT);
+    context.setDefaultNavigationTimeout(STEP_TIMEOUT);
+    this.contexts.push(context);
+    const page = await context.newPage();
+    page.on('pageerror', (e) => this.pageErrors.push(`${page.url()}: ${e.message}`));
+    this.lastPage = page;
+    return page;
+  }
+
+  async close() {
+    for (const c of this.contexts) await c.close().catch(() => {});
+  }
+
+  /** Run axe on the page as it is now and record any violation. */
+  async axe(page, label) {
+    const url = new URL(page.url());
+    const where = `${label} (${url.pathname}${url.search.replace(/token=[^&]+/, 'token=…')})`;
+    const results = await new AxeBuilder({ page }).analyze();
+    this.pages.push(where);
+    for (const v of results.violations) {
+      this.violations.push({
+        page: where,
+        id: v.id,
+        impact: v.impact,
+        help: v.help,
+        helpUrl: v.helpUrl,
+        nodes: v.nodes.map((n) => ({ target: n.target.join(' '), html: n.html, summary: n.failureSummary })),
+      });
+    }
+    const n = results.violations.length;
+    this.log(`${n ? 'AXE VIOLATIONS' : 'axe clean'}: ${where}${n ? ' — ' + results.violations.map((v) => v.id).join(', ') : ''}`);
+  }
+
+  /** Load a page by GET, check its status and run axe on it. */
+  async goto(page, target, { status = 200, label } = {}) {
+    const res = await page.goto(target, { waitUntil: 'load' });
+    check(res, `GET ${target}: no response`);
+    equal(res.status(), status, `GET ${target}: status`);
+    await this.axe(page, label || (await page.title()));
+    return res;
+  }
+
+  /**
+   * Press a form's submit button and wait for the page the browser ends on (after any
+   * redirect); check its status and path, and run axe on it.
+   */
+  async submit(page, button, { status = 200, path: wantPath, label } = {}) {
+    const from = new URL(page.url()).pathname;
+    const final = page.waitForResponse(
+      (r) =>
+        r.request().resourceType() === 'document' &&
+        r.request().frame() === page.mainFrame() &&
+        !(r.status() >= 300 && r.status() < 400),
+    );
+    await page.getByRole('button', { name: button, exact: true }).click();
+    const res = await final;
+    await page.waitForLoadState('load');
+    const what = `"${button}" on ${from} → ${res.request().method()} ${new URL(res.url()).pathname}`;
+    if (res.status() !== status) {
+      const errors = await errorSummary(page);
+      throw new JourneyError(
+        `${what}: status ${res.status()}, expected ${status}` + (errors.length ? `; error summary: ${errors.join(' | ')}` : ''),
+      );
+    }
+    if (wantPath) equal(new URL(page.url()).pathname, wantPath, `${what}: ended on`);
+    await this.axe(page, label || (await page.title()));
+    return res;
+  }
+}
+
+async function heading(page) {
+  return (await page.locator('h1').first().textContent())?.trim();
+}
+
+async function expectHeading(page, text) {
+  equal(await heading(page), text, `heading of ${new URL(page.url()).pathname}`);
+}
+
+/** The messages in the page's GOV.UK error summary (empty when there is none). */
+async function errorSummary(page) {
+  return (await page.locator('.govuk-error-summary li').allTextContents()).map((s) => s.trim());
+}
+
+/** Check the error summary: it is there, lists `want` (strings or regexps) and links to fields that exist. */
+async function expectErrors(page, want) {
+  const got = await errorSummary(page);
+  check(got.length > 0, `${new URL(page.url()).pathname}: no error summary (.govuk-error-summary li) on the page`);
+  for (const w of want) {
+    const ok = got.some((g) => (w instanceof RegExp ? w.test(g) : g.includes(w)));
+    check(ok, `${new URL(page.url()).pathname}: error summary lacks ${w}; it says: ${got.join(' | ')}`);
+  }
+  check((await page.title()).startsWith('Error: '), `title of a page with errors should start "Error: ", got "${await page.title()}"`);
+  for (const href of await page.locator('.govuk-error-summary a').evaluateAll((as) => as.map((a) => a.getAttribute('href')))) {
+    if (href && href.startsWith('#')) {
+      check((await page.locator(`[id="${href.slice(1)}"]`).count()) === 1, `error summary links to ${href}, which is not on the page`);
+    }
+  }
+  return got;
+}
+
+// ---------- steps shared by journeys ----------
+
+/** Sign in with email, password and the emailed code; ends on the home page. */
+async function signIn(j, page, who) {
+  await j.goto(page, '/sign-in', { label: 'sign-in' });
+  await expectHeading(page, 'Sign in');
+  check(
+    (await page.getByRole('link', { name: 'I have forgotten my password' }).count()) === 1,
+    'sign-in page has no "I have forgotten my password" link',
+  );
+  const before = mail.snapshot();
+  await page.locator('input[name="email"]').fill(who.email);
+  await page.locator('input[name="password"]').fill(who.password);
+  await j.submit(page, 'Sign in', { path: '/sign-in/mfa', label: 'email code' });
+  await expectHeading(page, 'Check your email');
+  const msg = await mail.waitFor({ to: who.email, subject: 'Your NCA Portal verification code', before });
+  const code = /Your verification code is (\d{6})/.exec(msg.body);
+  check(code, `the verification email (${msg.file}) has no "Your verification code is NNNNNN": ${JSON.stringify(msg.body)}`);
+  j.log(`code from ${path.basename(msg.file)}`);
+  await page.locator('input[name="code"]').fill(code[1]);
+  await j.submit(page, 'Continue', { path: '/', label: 'home' });
+  await expectHeading(page, 'Welcome to the NCA Portal');
+  const body = await page.locator('main').textContent();
+  check(body.includes(`You are signed in as ${who.email.toLowerCase()}`), `home page does not say who is signed in: ${body.trim()}`);
+}
+
+/** As a signed-in account manager on the home page: create a user; returns the invitation link. */
+async function createUser(j, page, user, roles) {
+  await page.getByRole('link', { name: 'Manage users' }).click();
+  await page.waitForURL('**/account/users');
+  await j.axe(page, 'manage users');
+  await expectHeading(page, 'Manage users');
+  await page.getByRole('link', { name: 'Create a new user' }).click();
+  await page.waitForURL('**/account/users/new');
+  await j.axe(page, 'create a new user');
+  await expectHeading(page, 'Create a new user');
+  await page.locator('input[name="name"]').fill(user.name);
+  await page.locator('input[name="email"]').fill(user.email);
+  for (const r of roles) {
+    const box = page.locator(`input[name="roles"][value="${r}"]`);
+    check((await box.count()) === 1, `no "${r}" checkbox on the create-user page`);
+    await box.check();
+  }
+  const before = mail.snapshot();
+  await j.submit(page, 'Create user', { path: '/account/users', label: 'manage users after create' });
+  const row = page.locator('tr', { hasText: user.email });
+  check((await row.count()) === 1, `the new user ${user.email} is not listed on /account/users`);
+  check((await row.textContent()).includes('Invited'), `the new user's row does not say "Invited": ${await row.textContent()}`);
+  const msg = await mail.waitFor({ to: user.email, subject: 'Your NCA Portal account', before });
+  const link = /https?:\/\/\S+\/set-password\?token=[A-Za-z0-9_\-]+/.exec(msg.body);
+  check(link, `the invitation email (${msg.file}) has no set-password link: ${JSON.stringify(msg.body)}`);
+  j.log(`invitation for ${user.email} in ${path.basename(msg.file)}`);
+  return link[0];
+}
+
+/** Open an invitation link in a fresh browser and set a good password. */
+async function acceptInvitation(j, page, link, password) {
+  check(link.startsWith(BASE + '/'), `the invitation link ${link} does not point at the server ${BASE}`);
+  await j.goto(page, link, { label: 'set your password' });
+  await expectHeading(page, 'Set your password');
+  await page.locator('input[name="password"]').fill(password);
+  await page.locator('input[name="confirm"]').fill(password);
+  await j.submit(page, 'Set password', { path: '/sign-in', label: 'sign-in after setting password' });
+  equal(new URL(page.url()).search, '?reset=1', 'query after setting the password');
+  const notice = await page.locator('.govuk-notification-banner').textContent().catch(() => '');
+  check(/Your password has been set/.test(notice || ''), `no "Your password has been set" notice after setting the password`);
+}
+
+// ---------- the journeys ----------
+
+const journeys = [
+  {
+    letter: 'a',
+    title: 'an account manager signs in with the code from the email, and signs out',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      const res = await page.goto('/');
+      equal(new URL(page.url()).pathname, '/sign-in', 'signed-out visit to / ends on');
+      check(res.ok(), `GET / signed out: status ${res.status()}`);
+      await signIn(j, page, MANAGER);
+      await page.getByRole('link', { name: 'My account' }).click();
+      await page.waitForURL('**/account');
+      await j.axe(page, 'my account');
+      await expectHeading(page, 'My account');
+      check((await page.locator('main').textContent()).includes(MANAGER.email.toLowerCase()), 'My account does not show the email');
+      await j.submit(page, 'Sign out', { path: '/sign-in', label: 'sign-in after sign-out' });
+      await page.goto('/account');
+      equal(new URL(page.url()).pathname, '/sign-in', 'after signing out, /account ends on');
+    },
+  },
+  {
+    letter: 'b',
+    title: 'an account manager creates a user, who accepts the invitation and signs in',
+    async run(j, browser) {
+      const manager = await j.newPage(browser);
+      await signIn(j, manager, MANAGER);
+      const user = { name: `Browser Test ${RUN_ID}`, email: `browser-b-${RUN_ID}@example.sch.uk` };
+      const link = await createUser(j, manager, user, ['general-user']);
+      const invitee = await j.newPage(browser);
+      await acceptInvitation(j, invitee, link, GOOD_PASSWORD);
+      await signIn(j, invitee, { email: user.email, password: GOOD_PASSWORD });
+      check(
+        (await invitee.getByRole('link', { name: 'Manage users' }).count()) === 0,
+        'a general user is offered "Manage users"',
+      );
+      await j.goto(manager, '/account/users', { label: 'manage users after acceptance' });
+      const row = manager.locator('tr', { hasText: user.email });
+      check((await row.textContent()).includes('Active'), `after accepting, the user's row does not say "Active": ${await row.textContent()}`);
+      // The link is single-use.
+      await j.goto(invitee, link, { status: 410, label: 'used invitation link' });
+    },
+  },
+  {
+    letter: 'c',
+    title: 'the set-password page refuses passwords that fail the policy',
+    async run(j, browser) {
+      const manager = await j.newPage(browser);
+      await signIn(j, manager, MANAGER);
+      const user = { name: `Policy Test ${RUN_ID}`, email: `browser-c-${RUN_ID}@example.sch.uk` };
+      const link = await createUser(j, manager, user, ['general-user']);
+      const page = await j.newPage(browser);
+      await j.goto(page, link, { label: 'set your password' });
+      const attempts = [
+        { password: 'Troubadour&Bells', want: ['Password must contain a number'] },
+        { password: 'Password1!', want: [/^Password is too common or easy to guess/] },
+        { password: 'tr0ubadour', want: ['Password must contain an uppercase letter', 'Password must contain a special character'] },
+        { password: 'Sh0rt!', want: ['Password must be at least 8 characters long'] },
+        { password: GOOD_PASSWORD, confirm: GOOD_PASSWORD + 'x', want: ['The passwords do not match'] },
+      ];
+      for (const a of attempts) {
+        await page.locator('input[name="password"]').fill(a.password);
+        await page.locator('input[name="confirm"]').fill(a.confirm ?? a.password);
+        await j.submit(page, 'Set password', { status: 422, path: '/set-password', label: `set password refused (${a.password})` });
+        const got = await expectErrors(page, a.want);
+        j.log(`refused ${JSON.stringify(a.password)}: ${got.join(' | ')}`);
+        check(
+          (await page.locator('input[name="password"]').inputValue()) === '',
+          'the refused password is echoed back into the form',
+        );
+      }
+      // The refusals did not use up the link: a good password is still accepted.
+      await page.locator('input[name="password"]').fill(GOOD_PASSWORD);
+      await page.locator('input[name="confirm"]').fill(GOOD_PASSWORD);
+      await j.submit(page, 'Set password', { path: '/sign-in', label: 'sign-in after setting password' });
+    },
+  },
+  {
+    letter: 'd',
+    title: 'repeated wrong passwords are throttled',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await j.goto(page, '/sign-in', { label: 'sign-in' });
+      const attempt = async (password, status) => {
+        await page.locator('input[name="email"]').fill(THROTTLED.email);
+        await page.locator('input[name="password"]').fill(password);
+        return j.submit(page, 'Sign in', { status, path: '/sign-in', label: `sign-in refused (${status ?? 'any'})` });
+      };
+      const wrong = `Wrong-${RUN_ID}-1!`;
+      // The first three failures are answered plainly.
+      for (let i = 1; i <= 3; i++) {
+        await attempt(wrong, 422);
+        await expectErrors(page, ['Enter a valid email address and password']);
+      }
+      // Then each further failure must wait, the wait doubling; keep failing until a wait of
+      // at least 2 s is reported, so that the next attempt is surely inside it.
+      let wait = 0;
+      let res;
+      for (let i = 4; i <= 12 && wait < 2; i++) {
+        await page.locator('input[name="email"]').fill(THROTTLED.email);
+        await page.locator('input[name="password"]').fill(wrong);
+        const final = page.waitForResponse(
+          (r) => r.request().resourceType() === 'document' && r.request().frame() === page.mainFrame(),
+        );
+        await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+        res = await final;
+        await page.waitForLoadState('load');
+        check([422, 429].includes(res.status()), `wrong password attempt ${i}: status ${res.status()}, expected 422 or 429`);
+        await j.axe(page, `sign-in refused (${res.status()})`);
+        if (res.status() === 429) {
+          const [msg] = await expectErrors(page, [/^Too many attempts to sign in\. Wait \d+ seconds, then try again$/]);
+          wait = Number(/Wait (\d+) seconds/.exec(msg)[1]);
+          equal(res.headers()['retry-after'], String(wait), 'Retry-After header of the 429');
+          j.log(`attempt ${i}: 429 "${msg}"`);
+        } else {
+          j.log(`attempt ${i}: 422`);
+        }
+      }
+      check(wait >= 2, 'no "Too many attempts to sign in" (429) after 12 wrong passwords');
+      if (!THROTTLED.password) return;
+      // Inside the wait even the right password is refused...
+      await attempt(THROTTLED.password, 429);
+      await expectErrors(page, [/^Too many attempts to sign in\. Wait \d+ seconds, then try again$/]);
+      // ...and once the wait is over it is accepted.
+      const left = Number(/Wait (\d+) seconds/.exec((await errorSummary(page))[0])[1]);
+      if (left > 30) return;
+      await sleep((left + 1) * 1000);
+      await page.locator('input[name="email"]').fill(THROTTLED.email);
+      await page.locator('input[name="password"]').fill(THROTTLED.password);
+      await j.submit(page, 'Sign in', { path: '/sign-in/mfa', label: 'email code after the wait' });
+    },
+  },
+];
+
+// ---------- main ----------
+
+function printViolations(j) {
+  for (const v of j.violations) {
+    console.log(`    axe ${v.id} [${v.impact}] on ${v.page}: ${v.help}\n      ${v.helpUrl}`);
+    for (const n of v.nodes) {
+      console.log(`      - ${n.target}\n        ${n.html}\n        ${(n.summary || '').replace(/\n/g, '\n        ')}`);
+    }
+  }
+}
+
+async function main() {
+  console.log(`journeys: ${BASE}, outbox ${OUTBOX}, browser ${CHROMIUM}`);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  console.log(`journeys: Chromium ${browser.version()}`);
+  let passed = 0;
+  let failed = 0;
+  const failures = [];
+  try {
+    for (const def of journeys) {
+      if (ONLY.length && !ONLY.includes(def.letter)) continue;
+      const j = new Journey(def.letter, def.title);
+      console.log(`\n(${j.letter}) ${j.title}`);
+      const started = Date.now();
+      let error = null;
+      try {
+        await def.run(j, browser);
+      } catch (e) {
+        error = e;
+      }
+      const problems = [];
+      if (error) problems.push(error instanceof JourneyError ? error.message : error.stack || String(error));
+      if (j.violations.length) {
+        const ids = [...new Set(j.violations.map((v) => v.id))];
+        problems.push(`${j.violations.length} axe violation(s) (${ids.join(', ')}) on ${new Set(j.violations.map((v) => v.page)).size} page(s)`);
+      }
+      if (j.pageErrors.length) problems.push(`JavaScript errors on the page: ${j.pageErrors.join('; ')}`);
+      if (problems.length && j.lastPage && !j.lastPage.isClosed()) {
+        const base = path.join(ARTIFACTS, `journey-${j.letter}`);
+        await j.lastPage.screenshot({ path: `${base}.png`, fullPage: true }).catch(() => {});
+        fs.writeFileSync(`${base}.html`, await j.lastPage.content().catch(() => ''));
+        problems.push(`last page ${j.lastPage.url()}: screenshot ${base}.png, HTML ${base}.html`);
+      }
+      await j.close();
+      printViolations(j);
+      const secs = ((Date.now() - started) / 1000).toFixed(1);
+      if (problems.length) {
+        failed++;
+        failures.push(`(${j.letter}) ${j.title}`);
+        console.log(`FAIL (${j.letter}) ${j.title} [${secs} s]`);
+        for (const p of problems) console.log(`  ${p.replace(/\n/g, '\n  ')}`);
+      } else {
+        passed++;
+        console.log(`PASS (${j.letter}) ${j.title} [${secs} s, ${j.pages.length} pages checked with axe]`);
+      }
+    }
+  } finally {
+    await browser.close();
+  }
+  console.log('');
+  for (const f of failures) console.log(`failed: ${f}`);
+  console.log(`journeys: ${passed} passed, ${failed} failed`);
+  process.exitCode = failed || !passed ? 1 : 0;
+}
+
+main().catch((e) => {
+  console.error(`journeys: ${e.stack || e}`);
+  process.exit(1);
+});
