@@ -32,7 +32,7 @@ impl Actor {
 /// A refusal the user can act on. Messages are shown on the page as they are.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AccountError {
-    #[error("{0}")]
+    #[error("{1}")]
     Field(&'static str, String),
     #[error("You do not have permission to give the {0} permission")]
     CannotGrant(&'static str),

@@ -107,9 +107,11 @@ pub async fn serve_tls(
     builder
         .http1()
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder
         .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(100);
     let builder = Arc::new(builder);

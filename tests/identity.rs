@@ -287,7 +287,7 @@ async fn sign_in_needs_the_emailed_code_once_a_day_per_browser_and_codes_cannot_
     assert!(r.body.contains("\"signed_in\":true"), "{}", r.body);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn codes_expire_after_ten_minutes_and_allow_five_attempts() {
     let app = spawn_app(Clock::paused_at(1_750_000_000)).await;
     app.user("a@school.sch.uk", SCHOOL, &[Role::GeneralUser])
@@ -300,7 +300,7 @@ async fn codes_expire_after_ten_minutes_and_allow_five_attempts() {
     )
     .await;
     let code = app.code_for("a@school.sch.uk");
-    tokio::time::advance(Duration::from_secs(10 * 60 + 1)).await;
+    app.state.clock.advance(10 * 60 + 1);
     let r = b
         .json(
             &app,
@@ -345,7 +345,7 @@ async fn codes_expire_after_ten_minutes_and_allow_five_attempts() {
     assert!(r.body.contains("too many times"), "{}", r.body);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn sessions_end_after_thirty_idle_minutes_and_activity_keeps_them() {
     let app = spawn_app(Clock::paused_at(1_750_000_000)).await;
     app.user("a@school.sch.uk", SCHOOL, &[Role::GeneralUser])
@@ -353,14 +353,14 @@ async fn sessions_end_after_thirty_idle_minutes_and_activity_keeps_them() {
     let mut b = Browser::default();
     b.sign_in(&app, "a@school.sch.uk").await;
     for _ in 0..3 {
-        tokio::time::advance(Duration::from_secs(25 * 60)).await;
+        app.state.clock.advance(25 * 60);
         assert_eq!(
             b.get(&app, "/api/v1/me").await.status,
             200,
             "activity within 30 minutes"
         );
     }
-    tokio::time::advance(Duration::from_secs(30 * 60 + 61)).await;
+    app.state.clock.advance(30 * 60 + 61);
     assert_eq!(b.get(&app, "/api/v1/me").await.status, 401);
     let page = b.get(&app, "/account").await;
     assert_eq!(page.status, 303);
@@ -371,12 +371,12 @@ async fn sessions_end_after_thirty_idle_minutes_and_activity_keeps_them() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn expired_passwords_must_be_changed_first() {
     let app = spawn_app(Clock::paused_at(1_750_000_000)).await;
     app.user("a@school.sch.uk", SCHOOL, &[Role::GeneralUser])
         .await;
-    tokio::time::advance(Duration::from_secs(61 * 86_400)).await;
+    app.state.clock.advance(61 * 86_400);
     let mut b = Browser::default();
     b.sign_in(&app, "a@school.sch.uk").await;
     let r = b.get(&app, "/account").await;

@@ -5,7 +5,7 @@
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::PrivateCookieJar;
@@ -139,25 +139,31 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let replaced = resp.extensions_mut().remove::<SetSession>();
     let device = resp.extensions_mut().remove::<SetDevice>();
     let mut jar = PrivateCookieJar::from_headers(&axum::http::HeaderMap::new(), state.key.clone());
+    let mut any = false;
     if let Some(SetSession(d)) = replaced {
         jar = jar.add(cookie(
             SESSION_COOKIE,
             serde_json::to_string(&d).expect("json"),
             None,
         ));
+        any = true;
     } else if changed {
         jar = jar.add(cookie(
             SESSION_COOKIE,
             serde_json::to_string(&data).expect("json"),
             None,
         ));
+        any = true;
     }
     if let Some(SetDevice(v)) = device {
         jar = jar.add(cookie(DEVICE_COOKIE, v, Some(86_400)));
+        any = true;
     }
-    for c in jar.iter() {
-        if let Ok(v) = HeaderValue::from_str(&c.encoded().to_string()) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
+    if any {
+        // The jar's own response parts carry the encrypted values.
+        let parts = jar.into_response();
+        for v in parts.headers().get_all(header::SET_COOKIE) {
+            resp.headers_mut().append(header::SET_COOKIE, v.clone());
         }
     }
     resp
