@@ -12,33 +12,33 @@ use nca_pipeline::report::Problem;
 use crate::auth::roles::OrgKind;
 use crate::db::{self, OrgImport};
 
+/// Called for each row: (file name, row number, cells, problems found).
+type RowFn<'f> = dyn FnMut(&str, u64, &[intake::Cell<'_>], &mut Vec<Problem>) + 'f;
+
 /// Read and check the organisations of an intake folder.
 pub fn read(dir: &Path) -> Result<Vec<OrgImport>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut out: BTreeMap<String, OrgImport> = BTreeMap::new();
-    let load =
-        |table: Table, f: &mut dyn FnMut(&str, u64, &[intake::Cell<'_>], &mut Vec<Problem>)| {
-            match intake::find(dir, table) {
-                Ok(Some(tf)) => {
-                    let mut bad = Vec::new();
-                    let mut local = Vec::new();
-                    if let Err(p) = intake::for_each_row(
-                        &tf,
-                        |row, cells| f(&tf.name, row, cells, &mut local),
-                        &mut |p| bad.push(p),
-                    ) {
-                        bad.push(p);
-                    }
-                    bad.extend(local);
-                    bad
-                }
-                Ok(None) => vec![Problem::file(
-                    &format!("{}.csv", table.name()),
-                    "missing: the intake has no such file (CSV or Parquet)",
-                )],
-                Err(p) => vec![p],
+    let load = |table: Table, f: &mut RowFn<'_>| match intake::find(dir, table) {
+        Ok(Some(tf)) => {
+            let mut bad = Vec::new();
+            let mut local = Vec::new();
+            if let Err(p) = intake::for_each_row(
+                &tf,
+                |row, cells| f(&tf.name, row, cells, &mut local),
+                &mut |p| bad.push(p),
+            ) {
+                bad.push(p);
             }
-        };
+            bad.extend(local);
+            bad
+        }
+        Ok(None) => vec![Problem::file(
+            &format!("{}.csv", table.name()),
+            "missing: the intake has no such file (CSV or Parquet)",
+        )],
+        Err(p) => vec![p],
+    };
     let mut las = Vec::new();
     problems.extend(load(Table::Las, &mut |file, row, c, bad| {
         let code = c[0].text();

@@ -55,6 +55,11 @@ function check(cond, message) {
   if (!cond) throw new JourneyError(message);
 }
 
+/** Settle `promise` within `ms`, or give up on it (for clean-up steps that must not hang). */
+function bounded(promise, ms, fallback = undefined) {
+  return Promise.race([Promise.resolve(promise).catch(() => fallback), sleep(ms).then(() => fallback)]);
+}
+
 function equal(actual, expected, what) {
   check(actual === expected, `${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
 }
@@ -211,7 +216,7 @@ class Journey {
   }
 
   async close() {
-    for (const c of this.contexts) await c.close().catch(() => {});
+    for (const c of this.contexts) await bounded(c.close(), 10_000);
   }
 
   /** Run axe on the page as it is now and record any violation. */
@@ -262,7 +267,8 @@ class Journey {
     if (res.status() !== status) {
       const errors = await errorSummary(page);
       throw new JourneyError(
-        `${what}: status ${res.status()}, expected ${status}` + (errors.length ? `; error summary: ${errors.join(' | ')}` : ''),
+        `${what}: status ${res.status()}, expected ${status}; the page says "${await heading(page)}"` +
+          (errors.length ? `; error summary: ${errors.join(' | ')}` : ''),
       );
     }
     if (wantPath) equal(new URL(page.url()).pathname, wantPath, `${what}: ended on`);
@@ -377,9 +383,20 @@ const journeys = [
     title: 'an account manager signs in with the code from the email, and signs out',
     async run(j, browser) {
       const page = await j.newPage(browser);
-      const res = await page.goto('/');
+      await j.goto(page, '/', { label: 'signed-out visit to /' });
       equal(new URL(page.url()).pathname, '/sign-in', 'signed-out visit to / ends on');
-      check(res.ok(), `GET / signed out: status ${res.status()}`);
+      // A visitor's session (and so the CSRF token its forms carry) lasts from one page to the next.
+      const token = async () => page.locator('form input[name="csrf"]').first().inputValue();
+      await j.goto(page, '/sign-in', { label: 'sign-in' });
+      const first = await token();
+      await page.reload({ waitUntil: 'load' });
+      const second = await token();
+      check(
+        first && first === second,
+        `the sign-in form's CSRF token changed between two loads of /sign-in (${first} → ${second}): ` +
+          `the browser's session is not kept, so every form would be refused as expired. ` +
+          `Cookies now: ${JSON.stringify((await page.context().cookies()).map((c) => `${c.name}=${c.value.slice(0, 60)}`))}`,
+      );
       await signIn(j, page, MANAGER);
       await page.getByRole('link', { name: 'My account' }).click();
       await page.waitForURL('**/account');
@@ -387,7 +404,7 @@ const journeys = [
       await expectHeading(page, 'My account');
       check((await page.locator('main').textContent()).includes(MANAGER.email.toLowerCase()), 'My account does not show the email');
       await j.submit(page, 'Sign out', { path: '/sign-in', label: 'sign-in after sign-out' });
-      await page.goto('/account');
+      await j.goto(page, '/account', { label: 'signed-out visit to /account' });
       equal(new URL(page.url()).pathname, '/sign-in', 'after signing out, /account ends on');
     },
   },
@@ -465,10 +482,10 @@ const journeys = [
         await expectErrors(page, ['Enter a valid email address and password']);
       }
       // Then each further failure must wait, the wait doubling; keep failing until a wait of
-      // at least 2 s is reported, so that the next attempt is surely inside it.
+      // at least 3 s is reported, so that the next attempt is surely inside it.
       let wait = 0;
       let res;
-      for (let i = 4; i <= 12 && wait < 2; i++) {
+      for (let i = 4; i <= 12 && wait < 3; i++) {
         await page.locator('input[name="email"]').fill(THROTTLED.email);
         await page.locator('input[name="password"]').fill(wrong);
         const final = page.waitForResponse(
@@ -488,7 +505,7 @@ const journeys = [
           j.log(`attempt ${i}: 422`);
         }
       }
-      check(wait >= 2, 'no "Too many attempts to sign in" (429) after 12 wrong passwords');
+      check(wait >= 3, 'no "Too many attempts to sign in" (429) after 12 wrong passwords');
       if (!THROTTLED.password) return;
       // Inside the wait even the right password is refused...
       await attempt(THROTTLED.password, 429);
@@ -556,8 +573,8 @@ async function main() {
       if (j.pageErrors.length) problems.push(`JavaScript errors on the page: ${j.pageErrors.join('; ')}`);
       if (problems.length && j.lastPage && !j.lastPage.isClosed()) {
         const base = path.join(ARTIFACTS, `journey-${j.letter}`);
-        await j.lastPage.screenshot({ path: `${base}.png`, fullPage: true }).catch(() => {});
-        fs.writeFileSync(`${base}.html`, await j.lastPage.content().catch(() => ''));
+        await bounded(j.lastPage.screenshot({ path: `${base}.png`, fullPage: true, timeout: 10_000 }), 12_000);
+        fs.writeFileSync(`${base}.html`, (await bounded(j.lastPage.content(), 5_000, '')) || '');
         problems.push(`last page ${j.lastPage.url()}: screenshot ${base}.png, HTML ${base}.html`);
       }
       await j.close();
