@@ -25,7 +25,10 @@ COPY --from=build /src/target/release/nca-portal /src/target/release/nca-pipelin
 COPY config /etc/nca/config
 USER nca
 WORKDIR /var/lib/nca
-ENV NCA_PIPELINE_STORE=/var/lib/nca/store
-EXPOSE 8080
+ENV NCA_PIPELINE_STORE=/var/lib/nca/store \
+    NCA_ADMIN__LISTEN=0.0.0.0:9464 \
+    NCA_SERVER__JSON_LOGS=true
+# 8443: the portal (HTTPS); 9464: Prometheus metrics (keep it on a private network).
+EXPOSE 8443 9464
 ENTRYPOINT ["nca-portal"]
-CMD ["serve", "--listen", "0.0.0.0:8080"]
+CMD ["serve", "--config-dir", "/etc/nca/config", "--data-dir", "/var/lib/nca", "--listen", "0.0.0.0:8443"]
