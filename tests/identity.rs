@@ -828,3 +828,42 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn orgs_import_is_rerunnable_and_bad_rows_import_nothing() {
+    let app = spawn_app(Clock::System).await;
+    let school = db::org(&app.state.db, SCHOOL).await.unwrap().unwrap();
+    assert_eq!(school.kind, nca_portal::auth::roles::OrgKind::Ks2School);
+    assert_eq!(school.la_code.as_deref(), Some("999"));
+    let trust = db::org(&app.state.db, "12345").await.unwrap().unwrap();
+    assert_eq!(trust.kind, nca_portal::auth::roles::OrgKind::Mat);
+    assert!(db::org(&app.state.db, "operator").await.unwrap().is_some());
+
+    // A renamed school updates in place; nothing else changes.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("data-pipeline/tests/fixtures/rules");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["schools.csv", "las.csv"] {
+        std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+    }
+    let schools = std::fs::read_to_string(dir.path().join("schools.csv")).unwrap();
+    let renamed = schools.replacen(&school.name, "Renamed Primary School", 1);
+    assert_ne!(renamed, schools);
+    std::fs::write(dir.path().join("schools.csv"), &renamed).unwrap();
+    let (added, updated) = orgs::import(&app.state.db, dir.path(), 10).await.unwrap();
+    assert_eq!((added, updated), (0, 1));
+    let again = db::org(&app.state.db, SCHOOL).await.unwrap().unwrap();
+    assert_eq!(again.name, "Renamed Primary School");
+
+    // A bad LAESTAB is reported with file, row and column, and nothing is imported.
+    let mut lines: Vec<String> = renamed.lines().map(String::from).collect();
+    lines[1] = lines[1].replacen(SCHOOL, "99920X1", 1);
+    let bad = lines.join("\n").replace("Renamed Primary School", "Another Name") + "\n";
+    std::fs::write(dir.path().join("schools.csv"), bad).unwrap();
+    let e = orgs::import(&app.state.db, dir.path(), 20).await.unwrap_err().to_string();
+    assert!(e.contains("schools.csv") && e.contains("row 1") && e.contains("laestab"), "{e}");
+    assert_eq!(
+        db::org(&app.state.db, SCHOOL).await.unwrap().unwrap().name,
+        "Renamed Primary School",
+        "nothing changed"
+    );
+}
