@@ -857,10 +857,19 @@ async fn orgs_import_is_rerunnable_and_bad_rows_import_nothing() {
     // A bad LAESTAB is reported with file, row and column, and nothing is imported.
     let mut lines: Vec<String> = renamed.lines().map(String::from).collect();
     lines[1] = lines[1].replacen(SCHOOL, "99920X1", 1);
-    let bad = lines.join("\n").replace("Renamed Primary School", "Another Name") + "\n";
+    let bad = lines
+        .join("\n")
+        .replace("Renamed Primary School", "Another Name")
+        + "\n";
     std::fs::write(dir.path().join("schools.csv"), bad).unwrap();
-    let e = orgs::import(&app.state.db, dir.path(), 20).await.unwrap_err().to_string();
-    assert!(e.contains("schools.csv") && e.contains("row 1") && e.contains("laestab"), "{e}");
+    let e = orgs::import(&app.state.db, dir.path(), 20)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schools.csv") && e.contains("row 1") && e.contains("laestab"),
+        "{e}"
+    );
     assert_eq!(
         db::org(&app.state.db, SCHOOL).await.unwrap().unwrap().name,
         "Renamed Primary School",
