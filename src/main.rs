@@ -130,7 +130,15 @@ fn init_logs(json: bool) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Errors are for the operator: the message and its causes, without a backtrace.
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     http::install_crypto_provider();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting runtime")?;
