@@ -7,17 +7,21 @@
 //! `/api/v1/sign-in` with rotating users and the right password for `--secs` seconds, while one
 //! task on its own thread and runtime keeps asking `/me` every `--me-interval-ms` on the
 //! signed-in client. The machine limit is cores / (seconds per hash), the seconds measured here
-//! by hashing with the same parameters (m=19456 KiB, t=2, p=1) before any load.
+//! by hashing with the same parameters (m=19456 KiB, t=2, p=1) before and after the load (the
+//! faster median of the two, since this machine's speed drifts): the computation
+//! alone (block memory reused), and, for comparison, with the 19 MiB allocated afresh for each
+//! hash, as argon2's `verify_password` does on every sign-in.
 //!
 //! Run through `bench/signin.sh`, which builds, sets up a server with users and runs this.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 use clap::Parser;
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, RETRY_AFTER, SET_COOKIE};
@@ -65,7 +69,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
     /// Hashes timed in-process to measure seconds per hash (after one untimed).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     hash_samples: usize,
     /// The server's process id, to report its CPU use during the load (optional, Linux).
     #[arg(long)]
@@ -89,35 +93,38 @@ fn main() -> anyhow::Result<()> {
     let url = args.url.trim_end_matches('/').to_string();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    // The machine's hashing cost, measured before the server has any work.
-    let hash = measure_hashing(args.hash_samples, cores)?;
-    let machine_limit = cores as f64 / hash.median_secs;
-    println!(
-        "argon2id m=19456 KiB t=2 p=1: {:.2} ms per hash (median of {}; min {:.2}, max {:.2}); \
-         {cores} cores hashing together: {:.1} hashes/s",
-        hash.median_secs * 1e3,
-        hash.samples.len(),
-        hash.min_secs() * 1e3,
-        hash.max_secs() * 1e3,
-        hash.parallel_per_sec,
-    );
+    // The machine's hashing cost, measured before the server has any work (and again after the
+    // load: this machine's speed drifts, and the limit should be the best it showed).
+    let before = measure_hashing(args.hash_samples, cores)?;
+    print_hashing("before load", &before, cores);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run(args, url, users, me_email, cores, hash, machine_limit))
+    rt.block_on(run(args, url, users, me_email, cores, before))
 }
 
-#[allow(clippy::too_many_arguments)]
+fn print_hashing(when: &str, h: &HashCost, cores: usize) {
+    println!(
+        "argon2id m=19456 KiB t=2 p=1, {when}: one thread {:.2} ms per hash reusing its memory, \
+         {:.2} ms allocating it afresh (as the server's verify does) (medians of {}); \
+         {cores} threads at once: {:.1} hashes/s reusing, {:.1} allocating",
+        h.reuse.median_ms,
+        h.fresh.median_ms,
+        h.reuse.samples_ms.len(),
+        h.reuse.parallel_per_sec,
+        h.fresh.parallel_per_sec,
+    );
+}
+
 async fn run(
     args: Args,
     url: String,
     users: Arc<Vec<String>>,
     me_email: String,
     cores: usize,
-    hash: HashCost,
-    machine_limit: f64,
+    before: HashCost,
 ) -> anyhow::Result<()> {
     // Phase 1: one client signed in (password, then the emailed code).
     let cookie = sign_in_fully(&url, &me_email, &args.password, &args.outbox).await?;
@@ -230,13 +237,26 @@ async fn run(
     prober.join().expect("prober panicked")?;
 
     // Results.
+    let samples = args.hash_samples;
+    let after = tokio::task::spawn_blocking(move || measure_hashing(samples, cores)).await??;
+    print_hashing("after load", &after, cores);
+    // The machine's limit: every core doing nothing but the hash's computation, at the speed
+    // this machine showed at its best; for comparison, the limit with the memory allocated
+    // for every hash, as the server does.
+    let reuse_ms = before.reuse.median_ms.min(after.reuse.median_ms);
+    let fresh_ms = before.fresh.median_ms.min(after.fresh.median_ms);
+    let machine_limit = cores as f64 * 1e3 / reuse_ms;
+    let fresh_limit = cores as f64 * 1e3 / fresh_ms;
+
     let rate = signed_in as f64 / window;
     let ratio = rate / machine_limit;
     let idle_s = idle.stats();
     let loaded_s = loaded.stats();
     let sign_in_s = Stats::of(&sign_in_latencies);
     let pass = loaded_s.n > 0 && loaded_s.p99 < TARGET_P99_MS && loaded.errors == 0;
-    let cpu = cpu_from.zip(cpu_to).map(|(a, b)| a.usage(&b));
+    let cpu = cpu_from
+        .zip(cpu_to)
+        .map(|(a, b)| a.usage(&b, args.server_pid));
     let errors = load.errors.load(Ordering::Relaxed);
     let refused = load.refused.load(Ordering::Relaxed);
     let throttled = load.throttled.load(Ordering::Relaxed);
@@ -252,12 +272,12 @@ async fn run(
         "sign-ins/s:            {rate:.1}  ({signed_in} completed; per second {per_second:?})"
     );
     println!(
-        "machine limit:         {machine_limit:.1} sign-ins/s  ({cores} cores / {:.2} ms per hash)",
-        hash.median_secs * 1e3
+        "machine limit:         {machine_limit:.1} sign-ins/s  ({cores} cores / {reuse_ms:.2} ms per hash, memory reused)"
     );
+    println!("ratio:                 {ratio:.2}  (sign-ins/s / machine limit)");
     println!(
-        "ratio:                 {:.2}  (sign-ins/s / machine limit)",
-        ratio
+        "allocating limit:      {fresh_limit:.1} sign-ins/s  ({cores} cores / {fresh_ms:.2} ms per hash allocating its memory); ratio {:.2}",
+        rate / fresh_limit
     );
     println!(
         "sign-in latency:       p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms  (non-2xx: {refused} refused, {throttled} throttled, {errors} errors)",
@@ -273,12 +293,23 @@ async fn run(
     );
     if let Some(c) = &cpu {
         println!(
-            "cpu during load:       machine {:.0}% busy of {cores} cores; this bench {:.2} cores{}",
+            "cpu during load:       machine {:.0}% busy of {cores} cores ({:.0}% stolen by the hypervisor); this bench {:.2} cores{}",
             c.machine_busy * 100.0,
+            c.machine_steal * 100.0,
             c.bench_cores,
-            c.server_cores
-                .map_or(String::new(), |s| format!("; server {s:.2} cores"))
+            c.server_cores.map_or(String::new(), |s| format!(
+                "; server {s:.2} cores; everything else {:.2} cores",
+                (c.machine_busy * cores as f64 - s - c.bench_cores).max(0.0)
+            ))
         );
+        if !c.others.is_empty() {
+            let list: Vec<String> = c
+                .others
+                .iter()
+                .map(|(comm, pid, x)| format!("{comm} (pid {pid}) {x:.2}"))
+                .collect();
+            println!("busiest other processes: {}", list.join(", "));
+        }
     }
     println!(
         "p99 /me under load < {TARGET_P99_MS} ms: {}",
@@ -292,15 +323,18 @@ async fn run(
         "measured_secs": window,
         "argon2": {
             "m_kib": 19456, "t": 2, "p": 1,
-            "ms_per_hash_median": hash.median_secs * 1e3,
-            "ms_per_hash_samples": hash.samples.iter().map(|s| s * 1e3).collect::<Vec<_>>(),
-            "parallel_hashes_per_sec": hash.parallel_per_sec,
+            "before_load": { "memory_reused": before.reuse.json(), "memory_allocated_per_hash": before.fresh.json() },
+            "after_load": { "memory_reused": after.reuse.json(), "memory_allocated_per_hash": after.fresh.json() },
+            "ms_per_hash_used": reuse_ms,
+            "ms_per_hash_allocating_used": fresh_ms,
         },
         "sign_ins": signed_in,
         "sign_ins_per_sec": rate,
         "sign_ins_per_second_series": per_second,
         "machine_limit_per_sec": machine_limit,
         "ratio": ratio,
+        "allocating_limit_per_sec": fresh_limit,
+        "ratio_to_allocating_limit": rate / fresh_limit,
         "sign_in_ms": sign_in_s.json(),
         "sign_in_refused": refused,
         "sign_in_throttled": throttled,
@@ -313,6 +347,9 @@ async fn run(
             "machine_busy_fraction": c.machine_busy,
             "bench_cores": c.bench_cores,
             "server_cores": c.server_cores,
+            "other_cores": c.server_cores.map(|s| (c.machine_busy * cores as f64 - s - c.bench_cores).max(0.0)),
+            "steal_fraction": c.machine_steal,
+            "busiest_others": c.others.iter().map(|(comm, pid, x)| json!({ "command": comm, "pid": pid, "cores": x })).collect::<Vec<_>>(),
         })),
         "target_p99_ms": TARGET_P99_MS,
         "p99_under_target": pass,
@@ -348,18 +385,28 @@ fn client() -> anyhow::Result<reqwest::Client> {
 // ---------------------------------------------------------------------------------------------
 // Hashing cost
 
+/// Milliseconds per hash, and hashes per second with every core hashing at once, two ways:
+/// with the 19 MiB block memory reused from hash to hash (the computation alone: the machine's
+/// limit), and allocated afresh for each hash as argon2's `hash_password`/`verify_password` do,
+/// which is what the server pays on every sign-in.
 struct HashCost {
-    samples: Vec<f64>,
-    median_secs: f64,
+    reuse: HashWay,
+    fresh: HashWay,
+}
+
+struct HashWay {
+    samples_ms: Vec<f64>,
+    median_ms: f64,
     parallel_per_sec: f64,
 }
 
-impl HashCost {
-    fn min_secs(&self) -> f64 {
-        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-    fn max_secs(&self) -> f64 {
-        self.samples.iter().copied().fold(0.0, f64::max)
+impl HashWay {
+    fn json(&self) -> Value {
+        json!({
+            "ms_per_hash_median": self.median_ms,
+            "ms_per_hash_samples": self.samples_ms,
+            "parallel_hashes_per_sec": self.parallel_per_sec,
+        })
     }
 }
 
@@ -370,54 +417,68 @@ fn argon2() -> anyhow::Result<Argon2<'static>> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-fn hash_once(a: &Argon2<'_>, i: usize) -> anyhow::Result<()> {
+/// One hash, into `memory` when given, else into memory allocated for it; milliseconds.
+fn hash_once(a: &Argon2<'_>, i: usize, memory: Option<&mut [Block]>) -> anyhow::Result<f64> {
     let mut salt = [0u8; 16];
     salt[..8].copy_from_slice(&(i as u64).to_le_bytes());
     let mut out = [0u8; 32];
-    a.hash_password_into(b"Tr0ubadour&Bells-42", &salt, &mut out)
-        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let t = Instant::now();
+    match memory {
+        Some(m) => a.hash_password_into_with_memory(b"Tr0ubadour&Bells-42", &salt, &mut out, m),
+        None => a.hash_password_into(b"Tr0ubadour&Bells-42", &salt, &mut out),
+    }
+    .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
     std::hint::black_box(out);
-    Ok(())
+    Ok(ms)
 }
 
-/// Seconds per hash on one thread (median of `samples`, after one untimed), and hashes per
-/// second with every core hashing at once (a check on the cores / seconds-per-hash limit).
-fn measure_hashing(samples: usize, cores: usize) -> anyhow::Result<HashCost> {
+/// `n` hashes after one untimed, each thread with its own memory when `reuse`; milliseconds.
+fn hash_series(n: usize, seed: usize, reuse: bool) -> anyhow::Result<Vec<f64>> {
     let a = argon2()?;
-    hash_once(&a, 0)?;
-    let mut times = Vec::new();
-    for i in 0..samples.max(1) {
-        let t = Instant::now();
-        hash_once(&a, i + 1)?;
-        times.push(t.elapsed().as_secs_f64());
+    let mut memory = reuse.then(|| vec![Block::default(); a.params().block_count()]);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..=n {
+        let ms = hash_once(&a, seed + i, memory.as_deref_mut())?;
+        if i > 0 {
+            times.push(ms);
+        }
     }
+    Ok(times)
+}
+
+/// Milliseconds per hash on one thread (median of `samples`), then hashes per second with
+/// `cores` threads hashing at once. Runs on spawned threads, as the server hashes on tokio's
+/// blocking pool rather than on a main thread.
+fn measure_way(samples: usize, cores: usize, reuse: bool) -> anyhow::Result<HashWay> {
+    let n = samples.max(1);
+    let times = std::thread::scope(|s| s.spawn(|| hash_series(n, 0, reuse)).join())
+        .expect("hashing thread panicked")?;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let per_thread = samples.max(4);
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..cores)
-            .map(|c| {
-                s.spawn(move || -> anyhow::Result<()> {
-                    let a = argon2()?;
-                    for i in 0..per_thread {
-                        hash_once(&a, 1000 * (c + 1) + i)?;
-                    }
-                    Ok(())
-                })
-            })
+            .map(|c| s.spawn(move || hash_series(n, 1000 * (c + 1), reuse)))
             .collect();
         for h in handles {
             h.join().expect("hashing thread panicked")?;
         }
         Ok(())
     })?;
-    let parallel = (cores * per_thread) as f64 / t.elapsed().as_secs_f64();
-    Ok(HashCost {
-        samples: times,
-        median_secs: median,
+    // Each thread also hashed one untimed.
+    let parallel = (cores * (n + 1)) as f64 / t.elapsed().as_secs_f64();
+    Ok(HashWay {
+        median_ms: sorted[sorted.len() / 2],
+        samples_ms: times,
         parallel_per_sec: parallel,
+    })
+}
+
+fn measure_hashing(samples: usize, cores: usize) -> anyhow::Result<HashCost> {
+    Ok(HashCost {
+        reuse: measure_way(samples, cores, true)?,
+        fresh: measure_way(samples, cores, false)?,
     })
 }
 
@@ -827,15 +888,22 @@ const TICKS_PER_SEC: f64 = 100.0;
 struct CpuSnapshot {
     at: Instant,
     machine_busy: u64,
+    machine_steal: u64,
     machine_total: u64,
     bench: u64,
     server: Option<u64>,
+    /// Every process: pid -> (command, ticks).
+    all: HashMap<u32, (String, u64)>,
 }
 
 struct CpuUse {
     machine_busy: f64,
+    /// Time the hypervisor ran something else while this machine wanted a core.
+    machine_steal: f64,
     bench_cores: f64,
     server_cores: Option<f64>,
+    /// The busiest other processes during the window, in cores.
+    others: Vec<(String, u32, f64)>,
 }
 
 impl CpuSnapshot {
@@ -851,41 +919,73 @@ impl CpuSnapshot {
         // user nice system idle iowait irq softirq steal ...
         let total: u64 = cpu.iter().take(8).sum();
         let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+        let steal = cpu.get(7).copied().unwrap_or(0);
+        let mut all = HashMap::new();
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(t) = process_stat(&pid.to_string()) {
+                all.insert(pid, t);
+            }
+        }
         Some(CpuSnapshot {
             at: Instant::now(),
-            machine_busy: total - idle,
+            machine_busy: total - idle - steal,
+            machine_steal: steal,
             machine_total: total,
-            bench: process_ticks("self")?,
-            server: server_pid.and_then(|p| process_ticks(&p.to_string())),
+            bench: process_stat("self")?.1,
+            server: server_pid.and_then(|p| process_stat(&p.to_string()).map(|t| t.1)),
+            all,
         })
     }
 
-    fn usage(&self, later: &CpuSnapshot) -> CpuUse {
+    fn usage(&self, later: &CpuSnapshot, server_pid: Option<u32>) -> CpuUse {
         let secs = later.at.duration_since(self.at).as_secs_f64();
         let total = later
             .machine_total
             .saturating_sub(self.machine_total)
             .max(1);
+        let cores = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs;
+        let me = std::process::id();
+        let mut others: Vec<(String, u32, f64)> = later
+            .all
+            .iter()
+            .filter(|(pid, _)| **pid != me && Some(**pid) != server_pid)
+            .map(|(pid, (comm, t))| {
+                let before = self.all.get(pid).map_or(0, |(_, b)| *b);
+                (comm.clone(), *pid, cores(t.saturating_sub(before)))
+            })
+            .filter(|(_, _, c)| *c >= 0.01)
+            .collect();
+        others.sort_by(|a, b| b.2.total_cmp(&a.2));
+        others.truncate(3);
         CpuUse {
             machine_busy: later.machine_busy.saturating_sub(self.machine_busy) as f64
                 / total as f64,
-            bench_cores: later.bench.saturating_sub(self.bench) as f64 / TICKS_PER_SEC / secs,
+            machine_steal: later.machine_steal.saturating_sub(self.machine_steal) as f64
+                / total as f64,
+            bench_cores: cores(later.bench.saturating_sub(self.bench)),
             server_cores: self
                 .server
                 .zip(later.server)
-                .map(|(a, b)| b.saturating_sub(a) as f64 / TICKS_PER_SEC / secs),
+                .map(|(a, b)| cores(b.saturating_sub(a))),
+            others,
         }
     }
 }
 
-/// utime + stime of a process, in ticks.
-fn process_ticks(pid: &str) -> Option<u64> {
+/// The command name and utime + stime (ticks) of a process.
+fn process_stat(pid: &str) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    // The command name is in parentheses and may hold spaces.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((comm, ticks))
 }
 
 #[cfg(test)]
