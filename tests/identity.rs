@@ -876,3 +876,124 @@ async fn orgs_import_is_rerunnable_and_bad_rows_import_nothing() {
         "nothing changed"
     );
 }
+
+#[tokio::test]
+async fn account_managers_update_contact_details_and_la_users_switch_between_las() {
+    let app = spawn_app(Clock::System).await;
+    app.user("head@school.sch.uk", SCHOOL, &[Role::AccountManager])
+        .await;
+    app.user("teacher@school.sch.uk", SCHOOL, &[Role::GeneralUser])
+        .await;
+    let mut head = Browser::default();
+    head.sign_in(&app, "head@school.sch.uk").await;
+    let csrf = head.csrf(&app, "/account/organisation").await;
+    let r = head
+        .form(
+            &app,
+            "/account/organisation",
+            &[
+                ("csrf", &csrf),
+                ("phone", "call me"),
+                ("email", "office@school.sch.uk"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("Enter a telephone number"), "{}", r.body);
+    let r = head
+        .form(
+            &app,
+            "/account/organisation",
+            &[
+                ("csrf", &csrf),
+                ("phone", "01632 960 001"),
+                ("email", "office@school.sch.uk"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let org = db::org(&app.state.db, SCHOOL).await.unwrap().unwrap();
+    assert_eq!(
+        (org.phone.as_str(), org.email.as_str()),
+        ("01632 960 001", "office@school.sch.uk")
+    );
+    let mut teacher = Browser::default();
+    teacher.sign_in(&app, "teacher@school.sch.uk").await;
+    let page = teacher.get(&app, "/account/organisation").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("01632 960 001") && !page.body.contains("name=\"phone\""));
+    let csrf = teacher.csrf(&app, "/account/password").await;
+    let r = teacher
+        .form(
+            &app,
+            "/account/organisation",
+            &[("csrf", &csrf), ("phone", "01632 960 002"), ("email", "")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // One LA account with roles in two LAs switches between them.
+    db::upsert_orgs(
+        &app.state.db,
+        &[db::OrgImport {
+            id: "998".into(),
+            kind: nca_portal::auth::roles::OrgKind::La,
+            name: "Other LA".into(),
+            la_code: Some("998".into()),
+            trust_uid: None,
+            urn: None,
+            phase: None,
+            school_type: None,
+        }],
+        0,
+    )
+    .await
+    .unwrap();
+    app.user("officer@la.gov.uk", "999", &[Role::LaGeneralUser])
+        .await;
+    accounts::create_user(
+        &app.state,
+        &Actor::cli(),
+        "998",
+        "Officer",
+        "officer@la.gov.uk",
+        RoleSet::of(&[Role::LaSeniorManager]),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut la = Browser::default();
+    la.sign_in(&app, "officer@la.gov.uk").await;
+    assert!(
+        la.get(&app, "/api/v1/me")
+            .await
+            .body
+            .contains("\"organisation\":\"998\"")
+            || la
+                .get(&app, "/api/v1/me")
+                .await
+                .body
+                .contains("\"organisation\":\"999\"")
+    );
+    let csrf = la.csrf(&app, "/account/switch").await;
+    for (to, role) in [("999", "la-general-user"), ("998", "la-senior-manager")] {
+        let r = la
+            .form(&app, "/account/switch", &[("csrf", &csrf), ("org", to)])
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let me = la.get(&app, "/api/v1/me").await.body;
+        assert!(
+            me.contains(&format!("\"organisation\":\"{to}\"")) && me.contains(role),
+            "{me}"
+        );
+    }
+    // Not an LA this account belongs to.
+    let r = la
+        .form(
+            &app,
+            "/account/switch",
+            &[("csrf", &csrf), ("org", "9992001")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
