@@ -66,6 +66,7 @@ async fn smtp_delivers_when_configured() {
         }
     }
     let _ = sink.kill();
+    let _ = sink.wait();
     assert!(seen.contains("424242"), "{seen}");
     assert!(
         seen.contains("jo.smith@school.sch.uk"),
