@@ -36,6 +36,12 @@ pub struct Settings {
     pub store: StoreSettings,
     pub email: Email,
     pub auth: Auth,
+    pub results: ResultsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResultsSettings {
+    pub cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

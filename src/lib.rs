@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod orgs;
 pub mod portal;
+pub mod results;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Inner {
     pub throttle: Throttle,
     pub revocations: Revocations,
     pub tz: jiff::tz::TimeZone,
+    pub results: results::Results,
+    pub audit_tx: tokio::sync::mpsc::Sender<results::AuditEvent>,
 }
 
 impl Deref for AppState {
@@ -78,6 +81,13 @@ impl AppState {
         let key = session_key(&settings)?;
         let revocations = Revocations::default();
         revocations.refresh(&db).await?;
+        let results =
+            results::Results::new(store.clone(), settings.results.cache_mib * 1024 * 1024);
+        if let Err(e) = results.refresh().await {
+            tracing::warn!(error = %e, "no release loaded yet");
+        }
+        let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(65_536);
+        results::spawn_audit_writer(db.clone(), audit_rx);
         Ok(AppState(Arc::new(Inner {
             public_url: settings.public_url(),
             hasher: Hasher::new(settings.hash_threads()),
@@ -94,6 +104,8 @@ impl AppState {
             key,
             clock,
             revocations,
+            results,
+            audit_tx,
         })))
     }
 }
@@ -134,6 +146,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(portal::routes())
         .merge(api::routes())
+        .merge(results::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::session::middleware,

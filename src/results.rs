@@ -1,0 +1,389 @@
+//! The results plane's hot path: the current release's precomputed downloads, served from a
+//! memory cache (moka, weighted by bytes; concurrent misses on one object coalesce into one
+//! object-store read, checked against the manifest's sha256). A watcher picks up a new
+//! `CURRENT` without a restart; requests in flight keep the release they started with.
+//! Never touches the portal database on the hot path: authorisation uses the session and the
+//! release's own organisation index; audit records go to a background writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use nca_pipeline::outputs::Organisations;
+use nca_pipeline::store::{Manifest, Store, layout};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::auth::roles::{Action, OrgKind};
+use crate::auth::session::Signed;
+use crate::db;
+
+/// A loaded release: its manifest and which LA and trust each school belongs to.
+#[derive(Debug)]
+pub struct Release {
+    pub id: String,
+    pub manifest: Manifest,
+    /// laestab -> (LA code, trust UID)
+    pub schools: HashMap<String, (String, Option<String>)>,
+}
+
+/// The current release and the object cache.
+pub struct Results {
+    store: Store,
+    current: RwLock<Option<Arc<Release>>>,
+    cache: moka::future::Cache<(String, String), Bytes>,
+}
+
+impl std::fmt::Debug for Results {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Results")
+            .field("release", &self.release().map(|r| r.id.clone()))
+            .field("cached_bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl Results {
+    pub fn new(store: Store, cache_bytes: u64) -> Results {
+        Results {
+            store,
+            current: RwLock::new(None),
+            cache: moka::future::Cache::builder()
+                .max_capacity(cache_bytes)
+                .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .build(),
+        }
+    }
+
+    pub fn release(&self) -> Option<Arc<Release>> {
+        self.current.read().expect("release lock poisoned").clone()
+    }
+
+    /// Load `CURRENT` if it names a different release from the one loaded. A release that
+    /// cannot be loaded leaves the previous one serving.
+    pub async fn refresh(&self) -> anyhow::Result<bool> {
+        let Some(id) = self.store.current().await? else {
+            return Ok(false);
+        };
+        if self.release().is_some_and(|r| r.id == id) {
+            return Ok(false);
+        }
+        let manifest = self.store.manifest(&id).await?;
+        let orgs_bytes = self
+            .store
+            .get_release_object(&id, layout::ORGANISATIONS)
+            .await?;
+        let orgs: Organisations = serde_json::from_slice(&orgs_bytes)?;
+        let schools = orgs
+            .schools
+            .into_iter()
+            .map(|s| (s.laestab, (s.la_code, s.trust_uid)))
+            .collect();
+        let release = Arc::new(Release {
+            id: id.clone(),
+            manifest,
+            schools,
+        });
+        *self.current.write().expect("release lock poisoned") = Some(release);
+        tracing::info!(release = %id, "release loaded");
+        Ok(true)
+    }
+
+    /// One object of a release, from memory or (once, however many ask at once) the store.
+    pub async fn object(&self, release: &Release, path: &str) -> anyhow::Result<Option<Bytes>> {
+        let Some(entry) = release.manifest.objects.get(path) else {
+            return Ok(None);
+        };
+        let key = (release.id.clone(), path.to_string());
+        let store = self.store.clone();
+        let (id, rel, want) = (release.id.clone(), path.to_string(), entry.sha256.clone());
+        let bytes = self
+            .cache
+            .try_get_with(key, async move {
+                metrics::counter!("nca_results_cache_misses_total").increment(1);
+                let b = store.get_release_object(&id, &rel).await?;
+                let got = hex::encode(Sha256::digest(&b));
+                anyhow::ensure!(
+                    got == want,
+                    "{rel} in release {id}: sha256 {got}, manifest says {want}"
+                );
+                Ok::<_, anyhow::Error>(b)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(Some(bytes))
+    }
+}
+
+/// Keep the loaded release in step with the store's `CURRENT`.
+pub fn spawn_watch(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.results.refresh().await {
+                tracing::warn!(error = %e, "loading the current release");
+            }
+        }
+    });
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/results/school/{file}", get(school))
+        .route("/api/v1/results/la/{file}", get(la))
+        .route("/api/v1/results/trust/{file}", get(trust))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Who may see a school's results: the school, its LA, its trust, the operator.
+fn may_see_school(s: &Signed, release: &Release, laestab: &str) -> bool {
+    let Some((la, trust)) = release.schools.get(laestab) else {
+        return false;
+    };
+    match s.user.kind {
+        OrgKind::Ks2School => s.user.org == laestab,
+        OrgKind::La => s.user.org == *la,
+        OrgKind::Mat => trust.as_deref() == Some(s.user.org.as_str()),
+        OrgKind::Operator => true,
+        OrgKind::Ks3School => false,
+    }
+}
+
+enum Target {
+    School(String),
+    La(String),
+    Trust(String),
+}
+
+async fn school(
+    State(state): State<AppState>,
+    s: Signed,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    download(&state, &s, &file, &headers, Target::School).await
+}
+
+async fn la(
+    State(state): State<AppState>,
+    s: Signed,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    download(&state, &s, &file, &headers, Target::La).await
+}
+
+async fn trust(
+    State(state): State<AppState>,
+    s: Signed,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    download(&state, &s, &file, &headers, Target::Trust).await
+}
+
+async fn download(
+    state: &AppState,
+    s: &Signed,
+    file: &str,
+    headers: &HeaderMap,
+    target: fn(String) -> Target,
+) -> Response {
+    if !s.user.may(Action::ViewResults) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "your account does not have permission to view results",
+        );
+    }
+    let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
+    let Some(release) = state.results.release() else {
+        return error(StatusCode::NOT_FOUND, "no results have been published");
+    };
+    let now = state.clock.now();
+    let opens = release.manifest.opens_at.unix_timestamp();
+    if now < opens && s.user.kind != OrgKind::Operator {
+        let at = release
+            .manifest
+            .opens_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(
+                json!({ "error": format!("results are not available until {at}"), "opens_at": at }),
+            ),
+        )
+            .into_response();
+    }
+    let t = target(name.to_string());
+    let (path, allowed, content_type) = match (&t, ext) {
+        (Target::School(l), "csv") => (
+            layout::school_csv(l),
+            may_see_school(s, &release, l),
+            "text/csv; charset=utf-8",
+        ),
+        (Target::School(l), "ctf") => (
+            layout::school_ctf(l),
+            may_see_school(s, &release, l),
+            "application/xml",
+        ),
+        (Target::La(c), "csv") => (
+            layout::la_csv(c),
+            (s.user.kind == OrgKind::La && s.user.org == *c) || s.user.kind == OrgKind::Operator,
+            "text/csv; charset=utf-8",
+        ),
+        (Target::Trust(u), "csv") => (
+            layout::trust_csv(u),
+            (s.user.kind == OrgKind::Mat && s.user.org == *u) || s.user.kind == OrgKind::Operator,
+            "text/csv; charset=utf-8",
+        ),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such download: use .csv, or .ctf for a school",
+            );
+        }
+    };
+    if !allowed {
+        // The same answer whether or not the organisation exists: nothing to probe.
+        return error(
+            StatusCode::FORBIDDEN,
+            "these results belong to another organisation",
+        );
+    }
+    // The precompressed variant the client accepts, best first.
+    let accepts = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let accepts = |enc: &str| {
+        accepts.split(',').any(|p| {
+            let mut parts = p.trim().split(';');
+            parts.next() == Some(enc) && !parts.any(|q| q.trim().replace(' ', "") == "q=0")
+        })
+    };
+    let candidates = [
+        (layout::brotli(&path), Some("br"), accepts("br")),
+        (layout::gzip(&path), Some("gzip"), accepts("gzip")),
+        (path.clone(), None, true),
+    ];
+    let Some((chosen, encoding, _)) = candidates
+        .into_iter()
+        .find(|(p, _, ok)| *ok && release.manifest.objects.contains_key(p))
+    else {
+        return error(StatusCode::NOT_FOUND, "no such download");
+    };
+    let sha = &release.manifest.objects[&chosen].sha256;
+    let etag = format!("\"{}\"", &sha[..32]);
+    audit(state, s, &release.id, &path).await;
+    let mut resp = if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        match state.results.object(&release, &chosen).await {
+            Ok(Some(bytes)) => {
+                let mut r = Response::new(Body::from(bytes));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                if let Some(enc) = encoding {
+                    r.headers_mut()
+                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+                }
+                let filename = path.rsplit('/').next().unwrap_or("results.csv").to_string();
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+                {
+                    r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+                }
+                r
+            }
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no such download"),
+            Err(e) => {
+                tracing::error!(error = %e, path = %chosen, "reading a release object");
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "results are briefly unavailable: try again",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex etag"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept-Encoding, Cookie"),
+    );
+    resp
+}
+
+/// Record a download of pupil data; the database write happens in the background.
+async fn audit(state: &AppState, s: &Signed, release: &str, path: &str) {
+    let event = AuditEvent {
+        actor: s.user.email.clone(),
+        org: s.user.org.clone(),
+        target: format!("{release}/{path}"),
+        at: state.clock.now(),
+    };
+    // Waits only when the writer is a whole queue behind: no download goes unrecorded.
+    if state.audit_tx.send(event).await.is_err() {
+        tracing::error!("audit writer stopped: a download was not recorded");
+    }
+}
+
+#[derive(Debug)]
+pub struct AuditEvent {
+    pub actor: String,
+    pub org: String,
+    pub target: String,
+    pub at: i64,
+}
+
+/// Write audit events in the background, in arrival order.
+pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditEvent>) {
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(512);
+        while rx.recv_many(&mut batch, 512).await > 0 {
+            for e in batch.drain(..) {
+                let r = db::audit(
+                    &db,
+                    db::Audit {
+                        actor: Some(&e.actor),
+                        org_id: Some(&e.org),
+                        action: "results-download",
+                        target: Some(&e.target),
+                        ..Default::default()
+                    },
+                    e.at,
+                )
+                .await;
+                if let Err(err) = r {
+                    tracing::error!(error = %err, "writing an audit record");
+                }
+            }
+        }
+    });
+}

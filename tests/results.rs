@@ -1,0 +1,338 @@
+//! The results routes: an authorisation matrix over every route and organisation type (own
+//! data, another's, none), the embargo on a paused clock, precompressed variants with strong
+//! ETags, and a release switch picked up without a restart.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use nca_portal::accounts::{self, Actor};
+use nca_portal::auth::Clock;
+use nca_portal::auth::roles::{Role, RoleSet};
+use nca_portal::config::{Overrides, Settings};
+use nca_portal::{AppState, orgs};
+use tower::ServiceExt;
+
+const PW: &str = "Tr0ubadour&Bells-42";
+const START: i64 = 1_720_500_000; // 2024-07-09 04:40 UTC, before opening
+const OPENS: i64 = 1_720_506_600; // 2024-07-09 07:30 +01:00
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data-pipeline/tests/fixtures/rules")
+}
+
+async fn app() -> (AppState, axum::Router, tempfile::TempDir) {
+    nca_portal::http::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(
+        Path::new("/nonexistent-config"),
+        &Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let state = AppState::open(settings, Clock::paused_at(START))
+        .await
+        .unwrap();
+    orgs::import(&state.db, &fixture(), 0).await.unwrap();
+    publish(&state).await;
+    assert!(state.results.refresh().await.unwrap());
+    let users: &[(&str, &str, Role)] = &[
+        ("school@a.sch.uk", "9992001", Role::GeneralUser),
+        ("manager@a.sch.uk", "9992001", Role::AccountManager),
+        ("academy@b.sch.uk", "9992002", Role::GeneralUser),
+        ("la@la.gov.uk", "999", Role::LaGeneralUser),
+        ("moderator@la.gov.uk", "999", Role::Moderator),
+        ("mat@trust.org.uk", "12345", Role::MatUser),
+        ("ks3@high.sch.uk", "9994001", Role::Ks3User),
+        ("operator@sta.gov.uk", "operator", Role::Operator),
+    ];
+    for (email, org, role) in users {
+        accounts::create_user(
+            &state,
+            &Actor::cli(),
+            org,
+            email,
+            email,
+            RoleSet::of(&[*role]),
+            Some(PW),
+        )
+        .await
+        .unwrap();
+    }
+    let router = nca_portal::router(state.clone());
+    (state, router, dir)
+}
+
+async fn publish(state: &AppState) {
+    let opts = nca_pipeline::publish::PublishOptions {
+        dir: fixture(),
+        year: None,
+        opens_at: time::OffsetDateTime::from_unix_timestamp(OPENS).unwrap(),
+        ks3_opens_at: time::OffsetDateTime::from_unix_timestamp(OPENS + 86_400).unwrap(),
+        progress: false,
+        concurrency: 4,
+    };
+    let rep = std::sync::Arc::new(nca_pipeline::report::Reporter::in_memory());
+    nca_pipeline::publish::publish(&state.store, &opts, rep)
+        .await
+        .unwrap();
+}
+
+async fn send(
+    router: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, headers, body)
+}
+
+/// Sign in through the JSON API (password, then the emailed code); returns the cookies.
+async fn sign_in(state: &AppState, router: &axum::Router, email: &str) -> String {
+    let mut cookies = std::collections::HashMap::new();
+    for (path, body) in [
+        (
+            "/api/v1/sign-in",
+            serde_json::json!({ "email": email, "password": PW }),
+        ),
+        ("/api/v1/sign-in/mfa", serde_json::Value::Null),
+    ] {
+        let body = if body.is_null() {
+            let (_, text) =
+                nca_portal::email::latest_in_outbox(&state.settings.outbox(), email).unwrap();
+            let at = text.find("code is ").unwrap() + 8;
+            serde_json::json!({ "code": &text[at..at + 6] })
+        } else {
+            body
+        };
+        let cookie: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::COOKIE, cookie.join("; "))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (status, headers, _) = send(router, req).await;
+        assert_eq!(status, 200, "{email} {path}");
+        for v in headers.get_all(header::SET_COOKIE) {
+            let (kv, _) = v.to_str().unwrap().split_once(';').unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            cookies.insert(k.to_string(), v.to_string());
+        }
+    }
+    cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The cookie header after a response's Set-Cookie (the session moves "last seen" on).
+fn follow(cookie: &str, headers: &axum::http::HeaderMap) -> String {
+    let mut jar: Vec<(String, String)> = cookie
+        .split("; ")
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    for v in headers.get_all(header::SET_COOKIE) {
+        let (kv, _) = v.to_str().unwrap().split_once(';').unwrap();
+        let (k, v) = kv.split_once('=').unwrap();
+        jar.retain(|(name, _)| name != k);
+        jar.push((k.to_string(), v.to_string()));
+    }
+    jar.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn get(path: &str, cookie: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_route_and_organisation_type_sees_only_its_own_results() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let routes = [
+        "/api/v1/results/school/9992001.csv",
+        "/api/v1/results/school/9992001.ctf",
+        "/api/v1/results/school/9992002.csv",
+        "/api/v1/results/school/9992002.ctf",
+        "/api/v1/results/school/9990000.csv",
+        "/api/v1/results/la/999.csv",
+        "/api/v1/results/la/998.csv",
+        "/api/v1/results/trust/12345.csv",
+        "/api/v1/results/trust/99999.csv",
+    ];
+    // For each user, the routes that answer 200; every other one must not.
+    let allowed: &[(&str, &[usize])] = &[
+        ("school@a.sch.uk", &[0, 1]),
+        ("manager@a.sch.uk", &[]),
+        ("academy@b.sch.uk", &[2, 3]),
+        ("la@la.gov.uk", &[0, 1, 2, 3, 5]),
+        ("moderator@la.gov.uk", &[]),
+        ("mat@trust.org.uk", &[2, 3, 7]),
+        ("ks3@high.sch.uk", &[]),
+        ("operator@sta.gov.uk", &[0, 1, 2, 3, 5, 7]),
+    ];
+    let expected_school = std::fs::read(fixture().join("expected/school-9992001.csv")).unwrap();
+    for (email, ok) in allowed {
+        let cookie = sign_in(&state, &router, email).await;
+        for (i, route) in routes.iter().enumerate() {
+            let (status, _, body) = send(&router, get(route, &cookie)).await;
+            if ok.contains(&i) {
+                assert_eq!(status, 200, "{email} {route}");
+                if i == 0 {
+                    assert_eq!(
+                        body, expected_school,
+                        "{email}: exactly the published bytes"
+                    );
+                }
+            } else {
+                assert!(status == 403 || status == 404, "{email} {route}: {status}");
+                assert!(
+                    !String::from_utf8_lossy(&body).contains("upn"),
+                    "{email} {route} leaked rows"
+                );
+            }
+        }
+    }
+    // Nobody signed in: 401 everywhere.
+    for route in routes {
+        assert_eq!(send(&router, get(route, "")).await.0, 401, "{route}");
+    }
+    // Every download was audited with who and what.
+    let log = nca_portal::db::audit_rows(&state.db, Some("999"), 100)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log2 = nca_portal::db::audit_rows(&state.db, Some("999"), 100)
+        .await
+        .unwrap();
+    assert!(log2.len() >= log.len());
+    assert!(
+        log2.iter().any(|r| r.1 == "la@la.gov.uk"
+            && r.2 == "results-download"
+            && r.3.ends_with("la/999.csv")),
+        "{log2:?}"
+    );
+}
+
+#[tokio::test]
+async fn results_are_embargoed_until_the_opening_time() {
+    let (state, router, _dir) = app().await;
+    let mut cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let route = "/api/v1/results/school/9992001.csv";
+    let (status, _, body) = send(&router, get(route, &cookie)).await;
+    assert_eq!(status, 403);
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("2024-07-09T06:30:00Z"), "{body}");
+    // Waiting signed in (the page keeps the session alive), asking every 20 minutes.
+    let mut waited = 0;
+    while waited + 1200 < OPENS - START - 1 {
+        state.clock.advance(1200);
+        waited += 1200;
+        let (status, headers, _) = send(&router, get(route, &cookie)).await;
+        assert_eq!(status, 403, "{waited} s in");
+        cookie = follow(&cookie, &headers);
+    }
+    state.clock.advance(OPENS - START - 1 - waited);
+    let (status, headers, _) = send(&router, get(route, &cookie)).await;
+    assert_eq!(status, 403, "one second before");
+    cookie = follow(&cookie, &headers);
+    state.clock.advance(1);
+    assert_eq!(
+        send(&router, get(route, &cookie)).await.0,
+        200,
+        "at the opening time"
+    );
+}
+
+#[tokio::test]
+async fn downloads_use_precompressed_variants_with_strong_etags() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let route = "/api/v1/results/school/9992001.csv";
+    let plain = std::fs::read(fixture().join("expected/school-9992001.csv")).unwrap();
+    let mut etags = Vec::new();
+    for enc in ["br, gzip", "gzip", "identity", ""] {
+        let req = Request::get(route)
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT_ENCODING, enc)
+            .body(Body::empty())
+            .unwrap();
+        let (status, h, body) = send(&router, req).await;
+        assert_eq!(status, 200);
+        assert_eq!(h[header::CACHE_CONTROL], "private, no-cache");
+        let etag = h[header::ETAG].to_str().unwrap().to_string();
+        assert!(
+            etag.starts_with('"') && !etag.starts_with("W/"),
+            "strong: {etag}"
+        );
+        let decoded = match h.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap()) {
+            Some("br") => {
+                assert_eq!(enc, "br, gzip");
+                let mut out = Vec::new();
+                brotli::BrotliDecompress(&mut body.as_slice(), &mut out).unwrap();
+                out
+            }
+            Some("gzip") => {
+                assert_eq!(enc, "gzip");
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(body.as_slice()),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+            None => body,
+            Some(other) => panic!("{other}"),
+        };
+        assert_eq!(decoded, plain, "{enc}");
+        // The same representation again with If-None-Match: 304, no body.
+        let req = Request::get(route)
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT_ENCODING, enc)
+            .header(header::IF_NONE_MATCH, &etag)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = send(&router, req).await;
+        assert_eq!(status, 304);
+        assert!(body.is_empty());
+        etags.push(etag);
+    }
+    assert_ne!(etags[0], etags[1], "each representation has its own tag");
+}
+
+#[tokio::test]
+async fn a_new_release_is_picked_up_without_a_restart() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let route = "/api/v1/results/school/9992001.csv";
+    let first = state.results.release().unwrap().id.clone();
+    let (s1, h1, _) = send(&router, get(route, &cookie)).await;
+    assert_eq!(s1, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    publish(&state).await;
+    assert!(state.results.refresh().await.unwrap());
+    let second = state.results.release().unwrap().id.clone();
+    assert_ne!(first, second);
+    let (s2, h2, _) = send(&router, get(route, &cookie)).await;
+    assert_eq!(s2, 200);
+    // Same intake, same bytes: the tag is stable across releases.
+    assert_eq!(h1[header::ETAG], h2[header::ETAG]);
+}
