@@ -85,6 +85,7 @@ async fn sign_in(
             Json(json!({ "error": "too many attempts", "retry_after": wait })),
         )
             .into_response(),
+        Ok(PasswordStep::Busy) => crate::protect::busy("sign-in"),
         Err(e) => unexpected(e),
     }
 }

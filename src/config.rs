@@ -37,6 +37,22 @@ pub struct Settings {
     pub email: Email,
     pub auth: Auth,
     pub results: ResultsSettings,
+    pub rate_limits: RateLimits,
+    pub admission: Admission,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimits {
+    pub per_user_per_minute: u32,
+    pub per_org_per_minute: u32,
+    pub per_ip_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Admission {
+    pub downloads_in_flight: usize,
+    pub pages_in_flight: usize,
+    pub sign_ins_waiting: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +308,39 @@ impl Settings {
         }
         if jiff::tz::TimeZone::get(&self.auth.timezone).is_err() {
             return bad("auth.timezone", "unknown IANA time zone");
+        }
+        for (key, v) in [
+            (
+                "rate_limits.per_user_per_minute",
+                self.rate_limits.per_user_per_minute,
+            ),
+            (
+                "rate_limits.per_org_per_minute",
+                self.rate_limits.per_org_per_minute,
+            ),
+            (
+                "rate_limits.per_ip_per_minute",
+                self.rate_limits.per_ip_per_minute,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        for (key, v) in [
+            (
+                "admission.downloads_in_flight",
+                self.admission.downloads_in_flight,
+            ),
+            ("admission.pages_in_flight", self.admission.pages_in_flight),
+            (
+                "admission.sign_ins_waiting",
+                self.admission.sign_ins_waiting,
+            ),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
         }
         if self.auth.ip_attempts_per_minute == 0 {
             return bad("auth.ip_attempts_per_minute", "must be at least 1");

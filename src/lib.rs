@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod orgs;
 pub mod portal;
+pub mod protect;
 pub mod results;
 
 use std::ops::Deref;
@@ -53,6 +54,8 @@ pub struct Inner {
     pub tz: jiff::tz::TimeZone,
     pub results: results::Results,
     pub audit_tx: tokio::sync::mpsc::Sender<results::AuditEvent>,
+    pub limits: protect::Limits,
+    pub gates: protect::Gates,
 }
 
 impl Deref for AppState {
@@ -79,6 +82,8 @@ impl AppState {
             )?
         };
         let key = session_key(&settings)?;
+        let settings_limits = settings.rate_limits.clone();
+        let settings_admission = settings.admission.clone();
         let revocations = Revocations::default();
         revocations.refresh(&db).await?;
         let results =
@@ -106,6 +111,8 @@ impl AppState {
             revocations,
             results,
             audit_tx,
+            limits: protect::Limits::new(&settings_limits),
+            gates: protect::Gates::new(&settings_admission),
         })))
     }
 }
@@ -143,10 +150,19 @@ pub fn router(state: AppState) -> Router {
     );
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = std::time::Duration::from_secs(state.settings.server.request_timeout_secs);
+    let gates = state.gates.clone();
     Router::new()
-        .merge(portal::routes())
+        .merge(portal::routes().route_layer(middleware::from_fn_with_state(
+            gates.clone(),
+            protect::admit_page,
+        )))
         .merge(api::routes())
-        .merge(results::routes())
+        .merge(
+            results::routes().route_layer(middleware::from_fn_with_state(
+                gates,
+                protect::admit_download,
+            )),
+        )
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::session::middleware,

@@ -366,6 +366,15 @@ async fn sign_in(
             p.error("email", "Enter a valid email address and password");
             p.respond()
         }
+        PasswordStep::Busy => {
+            p.error(
+                "email",
+                "Many people are signing in right now. Wait a few seconds, then select Sign in again",
+            );
+            let mut r = render(StatusCode::SERVICE_UNAVAILABLE, &p);
+            r.headers_mut().insert(header::RETRY_AFTER, 5.into());
+            r
+        }
         PasswordStep::Throttled(wait) => {
             p.error(
                 "email",

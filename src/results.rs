@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +24,7 @@ use crate::AppState;
 use crate::auth::roles::{Action, OrgKind};
 use crate::auth::session::Signed;
 use crate::db;
+use crate::http::ClientAddr;
 
 /// A loaded release: its manifest and which LA and trust each school belongs to.
 #[derive(Debug)]
@@ -166,36 +167,42 @@ enum Target {
     Trust(String),
 }
 
+type Addr = Option<Extension<ClientAddr>>;
+
 async fn school(
     State(state): State<AppState>,
     s: Signed,
+    addr: Addr,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    download(&state, &s, &file, &headers, Target::School).await
+    download(&state, &s, addr, &file, &headers, Target::School).await
 }
 
 async fn la(
     State(state): State<AppState>,
     s: Signed,
+    addr: Addr,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    download(&state, &s, &file, &headers, Target::La).await
+    download(&state, &s, addr, &file, &headers, Target::La).await
 }
 
 async fn trust(
     State(state): State<AppState>,
     s: Signed,
+    addr: Addr,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    download(&state, &s, &file, &headers, Target::Trust).await
+    download(&state, &s, addr, &file, &headers, Target::Trust).await
 }
 
 async fn download(
     state: &AppState,
     s: &Signed,
+    addr: Addr,
     file: &str,
     headers: &HeaderMap,
     target: fn(String) -> Target,
@@ -205,6 +212,10 @@ async fn download(
             StatusCode::FORBIDDEN,
             "your account does not have permission to view results",
         );
+    }
+    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
+    if let Err(wait) = state.limits.check(&s.user.uid, &s.user.org, ip) {
+        return crate::protect::too_many(wait);
     }
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
     let Some(release) = state.results.release() else {

@@ -22,9 +22,15 @@ fn fixture() -> std::path::PathBuf {
 }
 
 async fn app() -> (AppState, axum::Router, tempfile::TempDir) {
+    app_with(|_| {}).await
+}
+
+async fn app_with(
+    tweak: impl FnOnce(&mut Settings),
+) -> (AppState, axum::Router, tempfile::TempDir) {
     nca_portal::http::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(
+    let mut settings = Settings::load(
         Path::new("/nonexistent-config"),
         &Overrides {
             data_dir: Some(dir.path().to_path_buf()),
@@ -32,6 +38,7 @@ async fn app() -> (AppState, axum::Router, tempfile::TempDir) {
         },
     )
     .unwrap();
+    tweak(&mut settings);
     let state = AppState::open(settings, Clock::paused_at(START))
         .await
         .unwrap();
@@ -335,4 +342,37 @@ async fn a_new_release_is_picked_up_without_a_restart() {
     assert_eq!(s2, 200);
     // Same intake, same bytes: the tag is stable across releases.
     assert_eq!(h1[header::ETAG], h2[header::ETAG]);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_and_a_full_class_answers_503() {
+    let (state, router, _dir) = app_with(|s| s.rate_limits.per_user_per_minute = 3).await;
+    state.clock.advance(OPENS - START);
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let route = "/api/v1/results/school/9992001.csv";
+    for _ in 0..3 {
+        assert_eq!(send(&router, get(route, &cookie)).await.0, 200);
+    }
+    let (status, h, _) = send(&router, get(route, &cookie)).await;
+    assert_eq!(status, 429);
+    let wait: u64 = h[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another user of another organisation is not held up by that user's limit.
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    assert_eq!(send(&router, get(route, &la)).await.0, 200);
+
+    // Every download slot taken: the next download is refused at once with 503, not queued.
+    let slots = state.settings.admission.downloads_in_flight as u32;
+    let held = state
+        .gates
+        .downloads
+        .clone()
+        .acquire_many_owned(slots)
+        .await
+        .unwrap();
+    let (status, h, _) = send(&router, get(route, &la)).await;
+    assert_eq!(status, 503);
+    assert!(h.contains_key(header::RETRY_AFTER));
+    drop(held);
+    assert_eq!(send(&router, get(route, &la)).await.0, 200);
 }

@@ -177,6 +177,8 @@ pub enum PasswordStep {
     Refused,
     /// Too many attempts: wait this many seconds.
     Throttled(u64),
+    /// Too many sign-ins already waiting for a hashing thread: try again shortly.
+    Busy,
 }
 
 /// Check email and password; on success either finish (MFA passed today on this browser, per
@@ -195,6 +197,11 @@ pub async fn password_step(
         metrics::counter!("nca_sign_in_total", "outcome" => "throttled").increment(1);
         return Ok(PasswordStep::Throttled(wait));
     }
+    // Bound the sign-ins waiting for a hashing thread; past it, answer at once.
+    let Ok(_waiting) = state.gates.sign_ins.clone().try_acquire_owned() else {
+        metrics::counter!("nca_sign_in_total", "outcome" => "busy").increment(1);
+        return Ok(PasswordStep::Busy);
+    };
     let user = db::user_by_email(&state.db, &email).await?;
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = state.hasher.verify(password.to_string(), stored).await;
