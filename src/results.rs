@@ -33,6 +33,59 @@ pub struct Release {
     pub manifest: Manifest,
     /// laestab -> (LA code, trust UID)
     pub schools: HashMap<String, (String, Option<String>)>,
+    /// UPN -> the pupils' identities and CSV lines, for KS3 lookups.
+    pub pupils: HashMap<String, Vec<Ks3Entry>>,
+}
+
+/// One pupil in the KS3 lookup index.
+#[derive(Debug, Clone)]
+pub struct Ks3Entry {
+    pub surname: String,
+    pub dob: String,
+    pub line: String,
+}
+
+/// Surnames match whatever their letter case and spacing.
+pub fn normalise_surname(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn read_upn_index(bytes: Bytes) -> anyhow::Result<HashMap<String, Vec<Ks3Entry>>> {
+    use arrow::array::{Array, StringArray};
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut out: HashMap<String, Vec<Ks3Entry>> = HashMap::new();
+    for batch in reader {
+        let batch = batch?;
+        let col = |name: &str| -> anyhow::Result<StringArray> {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("upn-index has no {name} column"))?;
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+            Ok(c.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+                .clone())
+        };
+        let (upn, surname, dob, line) =
+            (col("upn")?, col("surname")?, col("dob")?, col("csv_line")?);
+        for i in 0..batch.num_rows() {
+            if upn.is_null(i) {
+                continue;
+            }
+            out.entry(upn.value(i).to_string())
+                .or_default()
+                .push(Ks3Entry {
+                    surname: normalise_surname(surname.value(i)),
+                    dob: dob.value(i).to_string(),
+                    line: line.value(i).to_string(),
+                });
+        }
+    }
+    Ok(out)
 }
 
 /// The current release and the object cache.
@@ -87,10 +140,18 @@ impl Results {
             .into_iter()
             .map(|s| (s.laestab, (s.la_code, s.trust_uid)))
             .collect();
+        let pupils = match self.store.get_release_object(&id, layout::UPN_INDEX).await {
+            Ok(b) => read_upn_index(b)?,
+            Err(e) => {
+                tracing::warn!(error = %e, "release has no UPN index: KS3 lookups find nothing");
+                HashMap::new()
+            }
+        };
         let release = Arc::new(Release {
             id: id.clone(),
             manifest,
             schools,
+            pupils,
         });
         *self.current.write().expect("release lock poisoned") = Some(release);
         tracing::info!(release = %id, "release loaded");
@@ -141,6 +202,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/results/school/{file}", get(school))
         .route("/api/v1/results/la/{file}", get(la))
         .route("/api/v1/results/trust/{file}", get(trust))
+        .route(
+            "/api/v1/results/ks3/lookup",
+            axum::routing::post(ks3_lookup),
+        )
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -354,6 +419,7 @@ async fn download(
 /// Record a download of pupil data; the database write happens in the background.
 async fn audit(state: &AppState, s: &Signed, release: &str, path: &str) {
     let event = AuditEvent {
+        action: "results-download",
         actor: s.user.email.clone(),
         org: s.user.org.clone(),
         target: format!("{release}/{path}"),
@@ -367,6 +433,7 @@ async fn audit(state: &AppState, s: &Signed, release: &str, path: &str) {
 
 #[derive(Debug)]
 pub struct AuditEvent {
+    pub action: &'static str,
     pub actor: String,
     pub org: String,
     pub target: String,
@@ -384,7 +451,7 @@ pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditE
                     db::Audit {
                         actor: Some(&e.actor),
                         org_id: Some(&e.org),
-                        action: "results-download",
+                        action: e.action,
                         target: Some(&e.target),
                         ..Default::default()
                     },
@@ -397,4 +464,101 @@ pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditE
             }
         }
     });
+}
+
+/// One incoming pupil as a KS3 school knows them.
+#[derive(Debug, serde::Deserialize)]
+pub struct Ks3Query {
+    pub upn: String,
+    pub surname: String,
+    pub dob: String,
+}
+
+/// Most pupils one lookup may ask about (a large secondary's intake is about 300).
+pub const KS3_MAX_PUPILS: usize = 1000;
+
+/// KS3 schools find incoming pupils' KS2 results. A row is returned only where UPN, surname
+/// and date of birth all match, and the answer never says which part failed, so UPNs cannot
+/// be probed one at a time; lookups count against the rate limits and are audited.
+async fn ks3_lookup(
+    State(state): State<AppState>,
+    s: Signed,
+    addr: Addr,
+    axum::Json(asked): axum::Json<Vec<Ks3Query>>,
+) -> Response {
+    if !s.user.may(Action::Ks3Lookup) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "only KS3 school users can look up incoming pupils",
+        );
+    }
+    if asked.len() > KS3_MAX_PUPILS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("at most {KS3_MAX_PUPILS} pupils per lookup"),
+        );
+    }
+    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
+    if let Err(wait) = state.limits.check(&s.user.uid, &s.user.org, ip) {
+        return crate::protect::too_many(wait);
+    }
+    let Some(release) = state.results.release() else {
+        return error(StatusCode::NOT_FOUND, "no results have been published");
+    };
+    if state.clock.now() < release.manifest.ks3_opens_at.unix_timestamp() {
+        let at = release
+            .manifest
+            .ks3_opens_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({ "error": format!("KS3 lookups open at {at}"), "opens_at": at })),
+        )
+            .into_response();
+    }
+    let mut out = String::from(nca_pipeline::outputs::HEADER);
+    out.push_str(nca_pipeline::outputs::EOL);
+    let mut matched = Vec::new();
+    for q in &asked {
+        let upn = q.upn.trim().to_uppercase();
+        let (surname, dob) = (normalise_surname(&q.surname), q.dob.trim());
+        if matched.contains(&upn) {
+            continue;
+        }
+        if let Some(e) = release
+            .pupils
+            .get(&upn)
+            .and_then(|es| es.iter().find(|e| e.surname == surname && e.dob == dob))
+        {
+            out.push_str(&e.line);
+            matched.push(upn);
+        }
+    }
+    let event = AuditEvent {
+        action: "ks3-lookup",
+        actor: s.user.email.clone(),
+        org: s.user.org.clone(),
+        target: format!(
+            "{}/ks3-lookup: {} asked, {} matched: {}",
+            release.id,
+            asked.len(),
+            matched.len(),
+            matched.join(" ")
+        ),
+        at: state.clock.now(),
+    };
+    if state.audit_tx.send(event).await.is_err() {
+        tracing::error!("audit writer stopped: a lookup was not recorded");
+    }
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    r
 }

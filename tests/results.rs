@@ -376,3 +376,74 @@ async fn rate_limits_answer_429_and_a_full_class_answers_503() {
     drop(held);
     assert_eq!(send(&router, get(route, &la)).await.0, 200);
 }
+
+async fn lookup(
+    router: &axum::Router,
+    cookie: &str,
+    body: serde_json::Value,
+) -> (StatusCode, String) {
+    let req = Request::post("/api/v1/results/ks3/lookup")
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, body) = send(router, req).await;
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn ks3_lookups_need_upn_surname_and_date_of_birth_to_match() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
+    let ann =
+        serde_json::json!([{ "upn": "P999200113001", "surname": "Able", "dob": "2013-03-02" }]);
+    let (status, body) = lookup(&router, &ks3, ann.clone()).await;
+    assert_eq!(status, 403, "KS3 lookups open the next day: {body}");
+    state.clock.advance(86_400);
+    let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
+    let (status, body) = lookup(&router, &ks3, ann).await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(lines[0].starts_with("upn,surname"), "{body}");
+    assert_eq!(lines.len(), 2, "{body}");
+    assert!(
+        lines[1].starts_with("P999200113001,Able,Ann,2013-03-02"),
+        "{body}"
+    );
+
+    // Case and spacing in surnames do not matter; every other near miss finds nothing.
+    let asked = serde_json::json!([
+        { "upn": " p999200113001 ", "surname": "  ABLE ", "dob": "2013-03-02" },
+        { "upn": "D999200113002", "surname": "Bright", "dob": "2013-03-04" },
+        { "upn": "D999200113002", "surname": "Brigh", "dob": "2013-03-03" },
+        { "upn": "D999200113003", "surname": "Bright", "dob": "2013-03-03" },
+        { "upn": "T999200113003", "surname": "Cole", "dob": "2013-03-04" },
+    ]);
+    let (status, body) = lookup(&router, &ks3, asked).await;
+    assert_eq!(status, 200);
+    let rows: Vec<&str> = body.lines().skip(1).collect();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only Ann matches (Cole is unregistered: no result row): {body}"
+    );
+    assert!(rows[0].starts_with("P999200113001,"));
+
+    // Only KS3 users may look up; the lookup was audited with what matched.
+    for email in ["school@a.sch.uk", "la@la.gov.uk", "mat@trust.org.uk"] {
+        let cookie = sign_in(&state, &router, email).await;
+        let (status, _) = lookup(&router, &cookie, serde_json::json!([])).await;
+        assert_eq!(status, 403, "{email}");
+    }
+    assert_eq!(lookup(&router, "", serde_json::json!([])).await.0, 401);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = nca_portal::db::audit_rows(&state.db, Some("9994001"), 20)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|r| r.2 == "ks3-lookup" && r.3.contains("5 asked, 1 matched: P999200113001")),
+        "{log:?}"
+    );
+}
