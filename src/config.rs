@@ -68,6 +68,7 @@ pub struct Data {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Server {
     pub listen: String,
+    pub tls: bool,
     pub public_url: String,
     pub tls_cert: String,
     pub tls_key: String,

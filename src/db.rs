@@ -510,6 +510,48 @@ pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Many audit records in one transaction, 100 rows to a statement (the results plane's
+/// background writer: per-row statements cost a round trip to the database each).
+pub async fn audit_batch(db: &Db, rows: &[(Audit<'_>, i64)]) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for chunk in rows.chunks(100) {
+        let mut sql = String::from(
+            "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 8;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            ));
+        }
+        let mut q = sqlx::query(&sql);
+        for (a, at) in chunk {
+            q = q
+                .bind(new_id())
+                .bind(*at)
+                .bind(a.actor)
+                .bind(a.org_id)
+                .bind(a.action)
+                .bind(a.target)
+                .bind(a.detail.clone())
+                .bind(a.ip.clone());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
 /// Audit rows for an organisation (or all), newest first: (at, actor, action, target, detail).
 pub async fn audit_rows(
     db: &Db,

@@ -92,15 +92,16 @@ pub fn tls_config(cert: &str, key: &str, dir: &Path) -> anyhow::Result<Arc<rustl
     Ok(Arc::new(config))
 }
 
-/// Serve `app` over TLS on `listener` until `shutdown` resolves, then drain.
+/// Serve `app` on `listener` (over TLS when `tls` is given, else plain HTTP for use behind a
+/// TLS-terminating load balancer) until `shutdown` resolves, then drain.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -142,6 +143,11 @@ pub async fn serve_tls(
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let Some(acceptor) = acceptor else {
+                // Plain HTTP, behind a TLS-terminating load balancer.
+                serve_connection(TokioIo::new(stream), addr, app, &builder, watcher).await;
+                return;
+            };
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -153,16 +159,7 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(addr));
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%addr, error = %e, "connection ended with an error");
-            }
+            serve_connection(TokioIo::new(tls), addr, app, &builder, watcher).await;
         });
     }
     drop(listener);
@@ -177,6 +174,25 @@ pub async fn serve_tls(
         tracing::warn!("drain deadline passed; closing remaining connections");
     }
     Ok(())
+}
+
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    addr: SocketAddr,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ClientAddr(addr));
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%addr, error = %e, "connection ended with an error");
+    }
 }
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -260,7 +260,16 @@ async fn users(command: UsersCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
-    let tls = http::tls_config(&s.server.tls_cert, &s.server.tls_key, &s.data.dir)?;
+    let tls = if s.server.tls {
+        Some(http::tls_config(
+            &s.server.tls_cert,
+            &s.server.tls_key,
+            &s.data.dir,
+        )?)
+    } else {
+        tracing::warn!("serving plain HTTP: only behind a TLS-terminating load balancer");
+        None
+    };
     let limits = http::Limits::from_settings(&s);
     let listen = s.listen();
     let admin = s.admin_listen();

@@ -43,8 +43,12 @@ impl Limits {
 
     /// Ok, or the whole seconds to wait (at least 1) before the request could succeed.
     pub fn check(&self, user: &str, org: &str, ip: IpAddr) -> Result<(), u64> {
-        let now = DefaultClock::default().now();
-        let wait = |e: governor::NotUntil<_>| e.wait_time_from(now).as_secs().max(1);
+        // Only a refusal needs the time (and creating a clock is costly: CPU feature checks).
+        let wait = |e: governor::NotUntil<_>| {
+            e.wait_time_from(DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        };
         self.ip.check_key(&ip).map_err(wait)?;
         self.org.check_key(&org.to_string()).map_err(wait)?;
         self.user.check_key(&user.to_string()).map_err(wait)?;

@@ -440,28 +440,32 @@ pub struct AuditEvent {
     pub at: i64,
 }
 
-/// Write audit events in the background, in arrival order.
+/// Write audit events in the background, in arrival order, many to a transaction: one
+/// commit per batch keeps up with downloads where one commit per row could not.
 pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditEvent>) {
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(512);
-        while rx.recv_many(&mut batch, 512).await > 0 {
-            for e in batch.drain(..) {
-                let r = db::audit(
-                    &db,
-                    db::Audit {
-                        actor: Some(&e.actor),
-                        org_id: Some(&e.org),
-                        action: e.action,
-                        target: Some(&e.target),
-                        ..Default::default()
-                    },
-                    e.at,
-                )
-                .await;
-                if let Err(err) = r {
-                    tracing::error!(error = %err, "writing an audit record");
-                }
+        let mut batch = Vec::with_capacity(4096);
+        while rx.recv_many(&mut batch, 4096).await > 0 {
+            let rows: Vec<(db::Audit<'_>, i64)> = batch
+                .iter()
+                .map(|e: &AuditEvent| {
+                    (
+                        db::Audit {
+                            actor: Some(&e.actor),
+                            org_id: Some(&e.org),
+                            action: e.action,
+                            target: Some(&e.target),
+                            ..Default::default()
+                        },
+                        e.at,
+                    )
+                })
+                .collect();
+            if let Err(err) = db::audit_batch(&db, &rows).await {
+                tracing::error!(error = %err, rows = rows.len(), "writing audit records");
             }
+            drop(rows);
+            batch.clear();
         }
     });
 }

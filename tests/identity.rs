@@ -781,7 +781,7 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     };
     let server = tokio::spawn(nca_portal::http::serve_tls(
         listener,
-        tls,
+        Some(tls),
         app.router.clone(),
         limits,
         async {

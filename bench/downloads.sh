@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Authenticated school-CSV downloads from nca-portal against nginx serving the same file
+# statically, side by side in one run, over HTTPS (same certificate) and over plain HTTP
+# (nca-portal behind a TLS-terminating balancer: server.tls = false). Client: wrk, HTTP/1.1
+# keep-alive, identity encoding so both send the same bytes. Every nca-portal request checks
+# the session, authorisation, embargo, the rate limiters (raised so they never refuse) and is
+# audited. Prints requests/s for each and the ratios ours / nginx.
+#
+# Environment: CARGO_TARGET_DIR, SECS (default 10), CONNS (default 64), PERF (a file: record a
+# perf profile of our HTTPS server during its run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
+SECS="${SECS:-10}"
+CONNS="${CONNS:-64}"
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
+fi
+cargo build --release -q -p nca-portal -p nca-pipeline
+P="$CARGO_TARGET_DIR/release/nca-pipeline"
+S="$CARGO_TARGET_DIR/release/nca-portal"
+W=$(mktemp -d /tmp/nca-downloads.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+echo "setting up a 100-school release in $W"
+"$P" generate --out "$W/intake" --schools 100 --seed 1 >/dev/null
+"$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
+"$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
+# The largest school file, for a body near the 16 KiB of the brief's anchor.
+CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -v qla | head -1)
+LAESTAB=$(basename "$CSV" .csv)
+PW='Tr0ubadour&Bells-42'
+"$S" users add --email bench@school.sch.uk --org "$LAESTAB" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null
+mkdir -p "$W/static"
+cp "$CSV" "$W/static/school.csv"
+echo "school $LAESTAB, CSV of $(stat -c %s "$CSV") bytes"
+
+export NCA_ADMIN__LISTEN= NCA_RATE_LIMITS__PER_USER_PER_MINUTE=1000000000 \
+  NCA_RATE_LIMITS__PER_ORG_PER_MINUTE=1000000000 NCA_RATE_LIMITS__PER_IP_PER_MINUTE=1000000000 \
+  RUST_LOG=warn
+OURS_TLS=$(port)
+"$S" serve --data-dir "$W/data" --listen "127.0.0.1:$OURS_TLS" >"$W/ours-tls.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -skf "https://127.0.0.1:$OURS_TLS/healthz" >/dev/null && break; sleep 0.1; done
+OURS_HTTP=$(port)
+NCA_SERVER__TLS=false "$S" serve --data-dir "$W/data" --listen "127.0.0.1:$OURS_HTTP" >"$W/ours-http.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$OURS_HTTP/healthz" >/dev/null && break; sleep 0.1; done
+
+# Sign in: password, then the code from the outbox.
+J="$W/cookies"
+curl -sk -c "$J" -b "$J" -H 'content-type: application/json' \
+  -d "{\"email\":\"bench@school.sch.uk\",\"password\":\"$PW\"}" "https://127.0.0.1:$OURS_TLS/api/v1/sign-in" >/dev/null
+CODE=$(grep -ho 'code is [0-9]\{6\}' $(ls -t "$W"/data/outbox/*.eml | head -1) | head -1 | awk '{print $3}')
+curl -sk -c "$J" -b "$J" -H 'content-type: application/json' \
+  -d "{\"code\":\"$CODE\"}" "https://127.0.0.1:$OURS_TLS/api/v1/sign-in/mfa" >/dev/null
+COOKIE="nca_session=$(awk '$6 == "nca_session" {print $7}' "$J")"
+ROUTE="/api/v1/results/school/$LAESTAB.csv"
+got=$(curl -sk -H "Cookie: $COOKIE" "https://127.0.0.1:$OURS_TLS$ROUTE" | sha256sum)
+want=$(sha256sum <"$CSV")
+[ "$got" = "$want" ] || { echo "the download is not the published file" >&2; exit 1; }
+
+NGINX_TLS=$(port)
+NGINX_HTTP=$(port)
+cat >"$W/nginx.conf" <<EOF
+worker_processes 2;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 10000000;
+  server {
+    listen 127.0.0.1:$NGINX_TLS ssl;
+    ssl_certificate $W/data/tls/cert.pem;
+    ssl_certificate_key $W/data/tls/key.pem;
+    root $W/static;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_HTTP;
+    root $W/static;
+  }
+}
+EOF
+nginx -c "$W/nginx.conf" -p "$W" -g 'user root;'
+
+run() { # name url [cookie]
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" ${3:+-H "Cookie: $3"} "$2")
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$1: some responses were not 2xx:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  local rps
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local p99
+  p99=$(awk '/Latency/ && !done {print $2; done=1}' <<<"$out")
+  printf '%-26s %10.0f req/s  (mean latency %s)\n' "$1" "$rps" "$p99" >&2
+  echo "$rps"
+}
+echo "wrk: 2 threads, $CONNS connections, ${SECS} s each, one after another"
+n_tls=$(run "nginx HTTPS (static)" "https://127.0.0.1:$NGINX_TLS/school.csv")
+if [ -n "${PERF:-}" ]; then # PERF=file: profile our HTTPS server during its run
+  perf record -F 499 -g -o "$PERF" -p "${pids[0]}" -- sleep "$SECS" >/dev/null 2>&1 &
+fi
+o_tls=$(run "nca-portal HTTPS" "https://127.0.0.1:$OURS_TLS$ROUTE" "$COOKIE")
+n_http=$(run "nginx HTTP (static)" "http://127.0.0.1:$NGINX_HTTP/school.csv")
+o_http=$(run "nca-portal HTTP" "http://127.0.0.1:$OURS_HTTP$ROUTE" "$COOKIE")
+awk -v a="$o_tls" -v b="$n_tls" 'BEGIN { r = a / b; printf "HTTPS: ours / nginx = %.2f (target 1.3): %s\n", r, (r >= 1.3 ? "met" : "NOT met") }'
+awk -v a="$o_http" -v b="$n_http" 'BEGIN { r = a / b; printf "HTTP:  ours / nginx = %.2f (target 1.0): %s\n", r, (r >= 1.0 ? "met" : "NOT met") }'
