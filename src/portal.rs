@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/forgotten-password", get(forgotten_page).post(forgotten))
         .route("/set-password", get(set_password_page).post(set_password))
         .route("/account", get(account))
+        .route("/results", get(results_page))
         .route(
             "/account/password",
             get(change_password_page).post(change_password),
@@ -114,6 +115,7 @@ pub struct FormPage {
     danger: bool,
     links: Vec<(String, String)>,
     side_forms: Vec<(String, String)>,
+    refresh: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +138,8 @@ pub struct Page {
     table_head: Vec<String>,
     table_rows: Vec<Row>,
     links: Vec<(String, String)>,
+    /// Reload the page after this many seconds (the results countdown).
+    refresh: Option<i64>,
 }
 
 fn render(status: StatusCode, t: &impl Template) -> Response {
@@ -291,6 +295,9 @@ async fn home(State(state): State<AppState>, Visitor(cur): Visitor) -> Response 
 
 fn account_links(u: &SignedIn) -> Vec<(String, String)> {
     let mut l = vec![("/account".to_string(), "My account".to_string())];
+    if u.may(Action::ViewResults) {
+        l.insert(0, ("/results".into(), "KS2 test results".into()));
+    }
     if u.may(Action::ManageUsers) {
         l.push(("/account/users".into(), "Manage users".into()));
     }
@@ -1353,4 +1360,164 @@ async fn js() -> impl IntoResponse {
         ],
         include_str!("../assets/session.js"),
     )
+}
+
+// ---------- results ----------
+
+/// The results page: before the opening time a countdown that reloads itself and opens at the
+/// time (users sign in and pass MFA early, then wait here); after it, a school's pupils and
+/// downloads, or an LA's or trust's schools.
+async fn results_page(State(state): State<AppState>, s: Signed) -> Result<Response, AppError> {
+    s.require(Action::ViewResults)?;
+    let mut p = Page::new(&state, &s, "KS2 test results");
+    let Some(release) = state.results.release() else {
+        p.paragraphs = vec!["No results have been published yet.".into()];
+        return Ok(render(StatusCode::OK, &p));
+    };
+    let now = state.clock.now();
+    let opens = release.manifest.opens_at.unix_timestamp();
+    if now < opens && s.user.kind != OrgKind::Operator {
+        let left = opens - now;
+        let at = jiff::Timestamp::from_second(opens)
+            .map(|t| {
+                t.to_zoned(state.tz.clone())
+                    .strftime("%-H:%M on %A %-d %B %Y")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        p.title = "Your results are not available yet".into();
+        p.paragraphs = vec![
+            format!("Results open at {at}."),
+            format!(
+                "Time remaining: {} hours {} minutes {} seconds. This page updates itself and opens your results at that time: you do not need to sign in again.",
+                left / 3600,
+                left % 3600 / 60,
+                left % 60
+            ),
+        ];
+        // Reload at the opening time, and at least every minute meanwhile (which also keeps
+        // the session alive while the user waits).
+        p.refresh = Some(left.clamp(1, 60));
+        return Ok(render(StatusCode::OK, &p));
+    }
+    let school_links = |l: &str| {
+        vec![
+            (
+                format!("/api/v1/results/school/{l}.csv"),
+                format!("Download {l} results (CSV)"),
+            ),
+            (
+                format!("/api/v1/results/school/{l}.ctf"),
+                format!("Download {l} CTF"),
+            ),
+        ]
+    };
+    match s.user.kind {
+        OrgKind::Ks2School => {
+            let path = nca_pipeline::store::layout::school_csv(&s.user.org);
+            let csv = state.results.object(&release, &path).await?;
+            let Some(csv) = csv else {
+                p.paragraphs = vec!["There are no results for your school in this release.".into()];
+                return Ok(render(StatusCode::OK, &p));
+            };
+            let mut rdr = csv::ReaderBuilder::new().from_reader(csv.as_ref());
+            p.table_head = [
+                "UPN",
+                "Name",
+                "Reading",
+                "GPS",
+                "Maths",
+                "Writing TA",
+                "Science TA",
+                "RWM",
+            ]
+            .map(String::from)
+            .to_vec();
+            for rec in rdr.records().flatten() {
+                let g = |i: usize| rec.get(i).unwrap_or("").to_string();
+                let subject = |raw: usize| {
+                    let (r, result, met) = (g(raw), g(raw + 1), g(raw + 2));
+                    if r.is_empty() {
+                        result
+                    } else {
+                        format!(
+                            "{r} raw, {result}{}",
+                            if met == "Y" {
+                                " (expected standard)"
+                            } else {
+                                ""
+                            }
+                        )
+                    }
+                };
+                p.table_rows.push(Row {
+                    cells: vec![
+                        g(0),
+                        format!("{} {}", g(2), g(1)),
+                        subject(5),
+                        subject(9),
+                        subject(13),
+                        g(17),
+                        g(18),
+                        g(19),
+                    ],
+                    links: vec![],
+                });
+            }
+            p.paragraphs = vec![format!(
+                "{} pupils. Results are scaled scores (80 to 120); a code such as A (absent) or B (working below the standard) is shown where no score was awarded.",
+                p.table_rows.len()
+            )];
+            p.links = school_links(&s.user.org);
+        }
+        OrgKind::La | OrgKind::Mat | OrgKind::Operator => {
+            let mine = |la: &str, trust: &Option<String>| match s.user.kind {
+                OrgKind::La => la == s.user.org,
+                OrgKind::Mat => trust.as_deref() == Some(s.user.org.as_str()),
+                _ => true,
+            };
+            let mut schools: Vec<&String> = release
+                .schools
+                .iter()
+                .filter(|(_, (la, trust))| mine(la, trust))
+                .map(|(l, _)| l)
+                .collect();
+            schools.sort();
+            p.table_head = vec!["School (DfE number)".into(), "Downloads".into()];
+            p.table_rows = schools
+                .iter()
+                .take(500)
+                .map(|l| Row {
+                    cells: vec![l.to_string()],
+                    links: school_links(l),
+                })
+                .collect();
+            p.links = match s.user.kind {
+                OrgKind::La => vec![(
+                    format!("/api/v1/results/la/{}.csv", s.user.org),
+                    "Download all your schools' results (CSV)".into(),
+                )],
+                OrgKind::Mat => vec![(
+                    format!("/api/v1/results/trust/{}.csv", s.user.org),
+                    "Download all your academies' results (CSV)".into(),
+                )],
+                _ => vec![],
+            };
+            p.paragraphs = vec![format!("{} schools.", schools.len())];
+        }
+        OrgKind::Ks3School => return Err(AppError::Forbidden),
+    }
+    db::audit(
+        &state.db,
+        db::Audit {
+            actor: Some(&s.user.email),
+            org_id: Some(&s.user.org),
+            action: "results-viewed",
+            target: Some(&release.id),
+            ..Default::default()
+        },
+        now,
+    )
+    .await?;
+    Ok(render(StatusCode::OK, &p))
 }

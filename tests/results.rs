@@ -447,3 +447,48 @@ async fn ks3_lookups_need_upn_surname_and_date_of_birth_to_match() {
         "{log:?}"
     );
 }
+
+#[tokio::test]
+async fn the_results_page_counts_down_then_shows_the_schools_pupils() {
+    let (state, router, _dir) = app().await;
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let (status, _, body) = send(&router, get("/results", &cookie)).await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("not available yet") && page.contains("7:30"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<meta http-equiv=\"refresh\" content=\"60\">"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("P999200113001"),
+        "no pupil data before the opening time"
+    );
+    state.clock.advance(OPENS - START);
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    let (status, _, body) = send(&router, get("/results", &cookie)).await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("P999200113001") && page.contains("Ann Able"),
+        "{page}"
+    );
+    assert!(page.contains("/api/v1/results/school/9992001.ctf"));
+    assert!(
+        !page.contains("9992002"),
+        "another school's data is not on the page"
+    );
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    let page = String::from_utf8(send(&router, get("/results", &la)).await.2).unwrap();
+    assert!(
+        page.contains("9992001")
+            && page.contains("9992002")
+            && page.contains("/api/v1/results/la/999.csv"),
+        "{page}"
+    );
+    let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
+    assert_eq!(send(&router, get("/results", &ks3)).await.0, 403);
+}
