@@ -510,11 +510,12 @@ pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Many audit records in one transaction, 100 rows to a statement (the results plane's
-/// background writer: per-row statements cost a round trip to the database each).
+/// Many audit records in one transaction, 16 rows to a statement (the results plane's
+/// background writer: per-row statements cost a round trip to the database each, and
+/// SQLite's parameter lookup grows with the square of a statement's parameters).
 pub async fn audit_batch(db: &Db, rows: &[(Audit<'_>, i64)]) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    for chunk in rows.chunks(100) {
+    for chunk in rows.chunks(16) {
         let mut sql = String::from(
             "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) VALUES ",
         );
