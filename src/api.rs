@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sign-in/mfa", post(mfa))
         .route("/api/v1/sign-out", post(sign_out))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/openapi.json", get(openapi))
 }
 
 #[derive(Deserialize)]
@@ -146,4 +147,11 @@ async fn me(s: Signed) -> Json<serde_json::Value> {
         "organisation_kind": s.user.kind.as_str(),
         "roles": s.user.roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
     }))
+}
+
+/// The OpenAPI document of the JSON API (api/openapi.json; a test checks it names every route).
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }

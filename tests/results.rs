@@ -492,3 +492,29 @@ async fn the_results_page_counts_down_then_shows_the_schools_pupils() {
     let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
     assert_eq!(send(&router, get("/results", &ks3)).await.0, 403);
 }
+
+#[test]
+fn the_openapi_document_describes_every_api_route() {
+    let doc: serde_json::Value = serde_json::from_str(nca_portal::api::OPENAPI).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    // Every /api/ route registered in the source is in the document, and nothing else.
+    let mut routes = Vec::new();
+    for file in ["src/api.rs", "src/results.rs"] {
+        let src =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        for part in src.split(".route(").skip(1) {
+            let Some(rest) = part.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let route = rest.split('"').next().unwrap();
+            if route.starts_with("/api/") {
+                routes.push(route.to_string());
+            }
+        }
+    }
+    routes.sort();
+    let mut documented: Vec<String> = paths.keys().cloned().collect();
+    documented.sort();
+    assert_eq!(routes, documented);
+}
