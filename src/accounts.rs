@@ -147,9 +147,7 @@ pub async fn create_user(
             .into());
         }
     }
-    if org.kind == OrgKind::Ks2School || org.kind == OrgKind::Ks3School {
-        check_school_limits(state, org_id, None, roles).await?;
-    }
+    check_school_limits(state, &org, None, roles).await?;
     let (user_id, invitation, added) = match existing {
         Some(u) => (u.id, None, true),
         None => {
@@ -255,14 +253,18 @@ fn check_roles(actor: &Actor, kind: OrgKind, roles: RoleSet) -> Result<(), Accou
     Ok(())
 }
 
-/// At most 7 users and 2 account managers per school, counting the change being made.
+/// At most 7 users and 2 account managers per school, counting the change being made; other
+/// kinds of organisation have no limit.
 async fn check_school_limits(
     state: &AppState,
-    org_id: &str,
+    org: &db::Org,
     changing: Option<&str>,
     roles: RoleSet,
 ) -> Result<(), AccountFailure> {
-    let members = db::members(&state.db, org_id).await?;
+    if !matches!(org.kind, OrgKind::Ks2School | OrgKind::Ks3School) {
+        return Ok(());
+    }
+    let members = db::members(&state.db, &org.id).await?;
     let others: Vec<_> = members
         .iter()
         .filter(|m| Some(m.user_id.as_str()) != changing)
@@ -295,6 +297,24 @@ async fn check_school_limits(
     Ok(())
 }
 
+/// An organisation, its members, and the one being changed.
+async fn org_member(
+    state: &AppState,
+    org_id: &str,
+    user_id: &str,
+) -> Result<(db::Org, Vec<db::Member>, db::Member), AccountFailure> {
+    let org = db::org(&state.db, org_id)
+        .await?
+        .ok_or_else(|| AccountError::NoOrg(org_id.to_string()))?;
+    let members = db::members(&state.db, org_id).await?;
+    let target = members
+        .iter()
+        .find(|m| m.user_id == user_id)
+        .ok_or(AccountError::NoUser)?
+        .clone();
+    Ok((org, members, target))
+}
+
 /// Amend a user's permissions in an organisation (an account manager may amend their own).
 pub async fn set_permissions(
     state: &AppState,
@@ -303,14 +323,7 @@ pub async fn set_permissions(
     user_id: &str,
     roles: RoleSet,
 ) -> Result<(), AccountFailure> {
-    let org = db::org(&state.db, org_id)
-        .await?
-        .ok_or_else(|| AccountError::NoOrg(org_id.to_string()))?;
-    let members = db::members(&state.db, org_id).await?;
-    let target = members
-        .iter()
-        .find(|m| m.user_id == user_id)
-        .ok_or(AccountError::NoUser)?;
+    let (org, _, target) = org_member(state, org_id, user_id).await?;
     check_roles(actor, org.kind, roles)?;
     // Removing a role needs the right to grant it, too.
     for r in target.roles.iter() {
@@ -318,9 +331,7 @@ pub async fn set_permissions(
             return Err(AccountError::CannotGrant(r.label()).into());
         }
     }
-    if org.kind == OrgKind::Ks2School || org.kind == OrgKind::Ks3School {
-        check_school_limits(state, org_id, Some(user_id), roles).await?;
-    }
+    check_school_limits(state, &org, Some(user_id), roles).await?;
     db::set_roles(&state.db, user_id, org_id, roles).await?;
     // Sessions carry roles: end the user's sessions so that new ones pick the change up.
     revoke(state, user_id).await?;
@@ -367,15 +378,7 @@ pub async fn remove_user(
     org_id: &str,
     user_id: &str,
 ) -> Result<(), AccountFailure> {
-    let org = db::org(&state.db, org_id)
-        .await?
-        .ok_or_else(|| AccountError::NoOrg(org_id.to_string()))?;
-    let members = db::members(&state.db, org_id).await?;
-    let target = members
-        .iter()
-        .find(|m| m.user_id == user_id)
-        .ok_or(AccountError::NoUser)?
-        .clone();
+    let (org, members, target) = org_member(state, org_id, user_id).await?;
     for r in target.roles.iter() {
         if !can_grant(actor.roles, r) {
             return Err(AccountError::CannotGrant(r.label()).into());

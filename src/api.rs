@@ -53,7 +53,7 @@ async fn sign_in(
     headers: HeaderMap,
     Json(b): Json<SignIn>,
 ) -> Response {
-    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
+    let ip = ClientAddr::ip_of(addr);
     let device = session::device(&headers, &state);
     match auth::password_step(
         &state,
@@ -102,7 +102,7 @@ async fn mfa(
     addr: Option<Extension<ClientAddr>>,
     Json(b): Json<Code>,
 ) -> Response {
-    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
+    let ip = ClientAddr::ip_of(addr);
     match auth::mfa_step(&state, ip, cur.data, &b.code).await {
         Ok(MfaStep::SignedIn(d)) => {
             let uid = d.user.as_ref().map(|u| u.uid.clone()).unwrap_or_default();

@@ -494,20 +494,7 @@ pub struct Audit<'a> {
 }
 
 pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(new_id())
-    .bind(now)
-    .bind(a.actor)
-    .bind(a.org_id)
-    .bind(a.action)
-    .bind(a.target)
-    .bind(&a.detail)
-    .bind(&a.ip)
-    .execute(db)
-    .await?;
-    Ok(())
+    audit_batch(db, &[(a, now)]).await
 }
 
 /// Many audit records in one transaction, 16 rows to a statement (the results plane's

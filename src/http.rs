@@ -24,6 +24,17 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+impl ClientAddr {
+    /// The client's IP, for handlers that take `Option<Extension<ClientAddr>>`; loopback when
+    /// the request did not come through the listener (tests calling the router directly).
+    pub fn ip_of(addr: Option<axum::Extension<ClientAddr>>) -> std::net::IpAddr {
+        addr.map_or(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            |axum::Extension(ClientAddr(a))| a.ip(),
+        )
+    }
+}
+
 /// Limits applied per connection.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -3,8 +3,6 @@
 //! System's look: errors re-render with 422 and an error summary, success redirects with 303.
 //! Every POST checks the session's CSRF token; every handler that needs a user takes `Signed`.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
@@ -221,13 +219,6 @@ impl FormData {
     }
 }
 
-fn ip(addr: Option<Extension<ClientAddr>>) -> IpAddr {
-    addr.map_or(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        |Extension(ClientAddr(a))| a.ip(),
-    )
-}
-
 /// Redirect with 303, replacing the session cookie.
 fn redirect_with(to: &str, data: SessionData) -> Response {
     let mut r = Redirect::to(to).into_response();
@@ -353,7 +344,7 @@ async fn sign_in(
     let device = session::device(&headers, &state);
     let step = auth::password_step(
         &state,
-        ip(addr),
+        ClientAddr::ip_of(addr),
         &email,
         &password,
         device.as_deref(),
@@ -436,7 +427,7 @@ async fn mfa(
         return Ok(p.respond());
     }
     Ok(
-        match auth::mfa_step(&state, ip(addr), cur.data.clone(), &code).await? {
+        match auth::mfa_step(&state, ClientAddr::ip_of(addr), cur.data.clone(), &code).await? {
             MfaStep::SignedIn(d) => {
                 let uid = d.user.as_ref().map(|u| u.uid.clone()).unwrap_or_default();
                 let mut r = redirect_with(&next, d);
@@ -560,7 +551,7 @@ async fn forgotten(
         return Ok(p.respond());
     }
     let now = state.clock.now();
-    if let Err(wait) = state.throttle.check(ip(addr), &email, now) {
+    if let Err(wait) = state.throttle.check(ClientAddr::ip_of(addr), &email, now) {
         p.error(
             "email",
             &format!("Too many attempts. Wait {wait} seconds, then try again"),
@@ -597,22 +588,13 @@ async fn forgotten(
         )
         .await?;
     }
-    let mut done = FormPage::new(
-        &state,
-        &cur.data,
-        "Check your email",
-        "/sign-in",
-        "Return to sign in",
-    );
-    done.intro = vec![format!(
-        "If {email} has an NCA Portal account, we have sent it a link to reset the password."
-    )];
-    done.action = "/sign-in".into();
     Ok(render(
         StatusCode::OK,
         &Page {
             title: "Check your email".into(),
-            paragraphs: done.intro,
+            paragraphs: vec![format!(
+                "If {email} has an NCA Portal account, we have sent it a link to reset the password."
+            )],
             links: vec![("/sign-in".into(), "Return to sign in".into())],
             csrf: cur.data.csrf.clone(),
             ..Default::default()
@@ -707,14 +689,29 @@ async fn set_password(
     if !db::use_token(&state.db, &hash, now).await? {
         return Ok(dead_link(&state, &cur.data));
     }
-    let stored = state.hasher.hash(pw).await;
+    store_new_password(&state, &user, pw, None, "set").await?;
+    Ok(Redirect::to("/sign-in?reset=1").into_response())
+}
+
+/// Hash and store a new password, end every session issued before it, audit it and tell the
+/// user (`verb`: "set" from a link, "changed" by the signed-in user).
+async fn store_new_password(
+    state: &AppState,
+    user: &db::User,
+    password: String,
+    org: Option<&str>,
+    verb: &str,
+) -> Result<(), AppError> {
+    let now = state.clock.now();
+    let stored = state.hasher.hash(password).await;
     db::set_password(&state.db, &user.id, &stored, now).await?;
     state.revocations.set(&user.id, now);
     db::audit(
         &state.db,
         db::Audit {
             actor: Some(&user.email),
-            action: "password-set",
+            org_id: org,
+            action: &format!("password-{verb}"),
             target: Some(&user.email),
             ..Default::default()
         },
@@ -725,11 +722,13 @@ async fn set_password(
         .mailer
         .send(
             &user.email,
-            "Your NCA Portal password has been set",
-            "Your password was set. If this was not you, contact the helpline at once.\n",
+            &format!("Your NCA Portal password has been {verb}"),
+            &format!(
+                "Your password was {verb}. If this was not you, contact the helpline at once.\n"
+            ),
         )
         .await?;
-    Ok(Redirect::to("/sign-in?reset=1").into_response())
+    Ok(())
 }
 
 #[derive(Deserialize, Default)]
@@ -806,30 +805,8 @@ async fn change_password(
         return Ok(p.respond());
     }
     let now = state.clock.now();
-    let stored = state.hasher.hash(pw).await;
-    db::set_password(&state.db, &user.id, &stored, now).await?;
     // Every other session of this user ends; this browser gets a new one.
-    state.revocations.set(&user.id, now);
-    db::audit(
-        &state.db,
-        db::Audit {
-            actor: Some(&user.email),
-            org_id: Some(&s.user.org),
-            action: "password-changed",
-            target: Some(&user.email),
-            ..Default::default()
-        },
-        now,
-    )
-    .await?;
-    state
-        .mailer
-        .send(
-            &user.email,
-            "Your NCA Portal password has been changed",
-            "Your password was changed. If this was not you, contact the helpline at once.\n",
-        )
-        .await?;
+    store_new_password(&state, &user, pw, Some(&s.user.org), "changed").await?;
     let mut data = s.data.clone();
     let mut fresh = auth::start_session(&state, &user, Some(&s.user.org))
         .await
@@ -845,8 +822,6 @@ async fn change_password(
 async fn account(State(state): State<AppState>, s: Signed) -> Result<Response, AppError> {
     let mut p = Page::new(&state, &s, "My account");
     let perms: Vec<&str> = s.user.roles.iter().map(Role::label).collect();
-    p.table_head = vec!["".into(), "".into()];
-    p.table_head.clear();
     p.paragraphs = vec![
         format!("Name: {}", s.user.name),
         format!("Email address: {}", s.user.email),
@@ -873,7 +848,7 @@ fn actor(s: &Signed, addr: Option<Extension<ClientAddr>>) -> Actor {
         label: s.user.email.clone(),
         user_id: Some(s.user.uid.clone()),
         roles: s.user.roles,
-        ip: Some(ip(addr).to_string()),
+        ip: Some(ClientAddr::ip_of(addr).to_string()),
     }
 }
 
@@ -1257,7 +1232,7 @@ async fn org_update(
                 "phone {:?} -> {phone:?}; email {:?} -> {email:?}",
                 org.phone, org.email
             ),
-            ip: Some(ip(addr).to_string()),
+            ip: Some(ClientAddr::ip_of(addr).to_string()),
         },
         now,
     )

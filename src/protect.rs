@@ -115,7 +115,3 @@ pub async fn admit_download(State(g): State<Gates>, req: Request, next: Next) ->
 pub async fn admit_page(State(g): State<Gates>, req: Request, next: Next) -> Response {
     admit(&g.pages, "page", req, next).await
 }
-
-pub async fn admit_sign_in(State(g): State<Gates>, req: Request, next: Next) -> Response {
-    admit(&g.sign_ins, "sign-in", req, next).await
-}

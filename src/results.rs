@@ -212,6 +212,18 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// 403 before an audience's opening time, saying when it opens.
+fn not_open_yet(at: time::OffsetDateTime, message: &str) -> Response {
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(json!({ "error": format!("{message} {at}"), "opens_at": at })),
+    )
+        .into_response()
+}
+
 /// Who may see a school's results: the school, its LA, its trust, the operator.
 fn may_see_school(s: &Signed, release: &Release, laestab: &str) -> bool {
     let Some((la, trust)) = release.schools.get(laestab) else {
@@ -278,8 +290,10 @@ async fn download(
             "your account does not have permission to view results",
         );
     }
-    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
-    if let Err(wait) = state.limits.check(&s.user.uid, &s.user.org, ip) {
+    if let Err(wait) = state
+        .limits
+        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
+    {
         return crate::protect::too_many(wait);
     }
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
@@ -289,18 +303,7 @@ async fn download(
     let now = state.clock.now();
     let opens = release.manifest.opens_at.unix_timestamp();
     if now < opens && s.user.kind != OrgKind::Operator {
-        let at = release
-            .manifest
-            .opens_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        return (
-            StatusCode::FORBIDDEN,
-            axum::Json(
-                json!({ "error": format!("results are not available until {at}"), "opens_at": at }),
-            ),
-        )
-            .into_response();
+        return not_open_yet(release.manifest.opens_at, "results are not available until");
     }
     let t = target(name.to_string());
     let (path, allowed, content_type) = match (&t, ext) {
@@ -502,24 +505,17 @@ async fn ks3_lookup(
             &format!("at most {KS3_MAX_PUPILS} pupils per lookup"),
         );
     }
-    let ip = addr.map_or([127, 0, 0, 1].into(), |Extension(ClientAddr(a))| a.ip());
-    if let Err(wait) = state.limits.check(&s.user.uid, &s.user.org, ip) {
+    if let Err(wait) = state
+        .limits
+        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
+    {
         return crate::protect::too_many(wait);
     }
     let Some(release) = state.results.release() else {
         return error(StatusCode::NOT_FOUND, "no results have been published");
     };
     if state.clock.now() < release.manifest.ks3_opens_at.unix_timestamp() {
-        let at = release
-            .manifest
-            .ks3_opens_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        return (
-            StatusCode::FORBIDDEN,
-            axum::Json(json!({ "error": format!("KS3 lookups open at {at}"), "opens_at": at })),
-        )
-            .into_response();
+        return not_open_yet(release.manifest.ks3_opens_at, "KS3 lookups open at");
     }
     let mut out = String::from(nca_pipeline::outputs::HEADER);
     out.push_str(nca_pipeline::outputs::EOL);

@@ -68,11 +68,6 @@ impl Hasher {
         }
     }
 
-    /// Threads hashing right now plus those queued for a permit (for metrics and admission).
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
-
     pub async fn hash(&self, password: String) -> String {
         let _permit = self
             .permits
