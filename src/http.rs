@@ -108,7 +108,7 @@ pub fn tls_config(cert: &str, key: &str, dir: &Path) -> anyhow::Result<Arc<rustl
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    app: Router,
+    app: crate::App,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -190,7 +190,7 @@ pub async fn serve_tls(
 async fn serve_connection<I>(
     io: TokioIo<I>,
     addr: SocketAddr,
-    app: Router,
+    app: crate::App,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -198,7 +198,7 @@ async fn serve_connection<I>(
 {
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ClientAddr(addr));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        app.clone().oneshot(req)
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -28,8 +28,9 @@ use axum::routing::get;
 use axum_extra::extract::cookie::Key;
 use base64::Engine;
 use nca_pipeline::store::Store;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use auth::{Clock, Revocations, Throttle, password::Hasher};
@@ -143,11 +144,6 @@ fn session_key(settings: &Settings) -> anyhow::Result<Key> {
 
 /// The server's routes and middleware.
 pub fn router(state: AppState) -> Router {
-    let hsts = HeaderValue::from_static("max-age=31536000; includeSubDomains");
-    let csp = HeaderValue::from_static(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
-    );
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = std::time::Duration::from_secs(state.settings.server.request_timeout_secs);
     let gates = state.gates.clone();
@@ -177,26 +173,7 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            hsts,
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            csp,
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        ))
+        .layer(axum::middleware::map_response(security_headers))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req
@@ -210,8 +187,119 @@ pub fn router(state: AppState) -> Router {
                 .unwrap_or("");
             tracing::info_span!("request", method = %req.method(), route, request_id = id)
         }))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, RequestIds))
         .with_state(state)
+}
+
+/// The headers every response carries, unless a handler chose its own.
+const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
+    (
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=31536000; includeSubDomains",
+    ),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    ),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "same-origin"),
+];
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    resp
+}
+
+/// Request ids: this process's random prefix and a counter (no system call per request, and
+/// unique across instances by the prefix).
+#[derive(Clone, Copy, Debug)]
+struct RequestIds;
+
+static REQUEST_PREFIX: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{:08x}", rand::random::<u32>()));
+static REQUEST_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl RequestIds {
+    fn next() -> HeaderValue {
+        let n = REQUEST_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", *REQUEST_PREFIX)).expect("hex id")
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        Some(RequestId::new(RequestIds::next()))
+    }
+}
+
+/// The whole server as one service: the results fast path first, then the router.
+#[derive(Clone, Debug)]
+pub struct App {
+    state: AppState,
+    router: Router,
+}
+
+/// The server's service over `state`.
+pub fn app(state: AppState) -> App {
+    App {
+        router: router(state.clone()),
+        state,
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for App
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        use tower::ServiceExt;
+        let (state, router) = (self.state.clone(), self.router.clone());
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let (parts, body) = req.into_parts();
+            if let Some(mut resp) = results::fast_download(&state, &parts).await {
+                let id = parts
+                    .headers
+                    .get("x-request-id")
+                    .cloned()
+                    .unwrap_or_else(RequestIds::next);
+                resp.headers_mut().insert("x-request-id", id);
+                metrics::counter!(
+                    "nca_http_requests_total",
+                    "route" => results::FAST_ROUTE,
+                    "method" => "GET",
+                    "status" => resp.status().as_u16().to_string()
+                )
+                .increment(1);
+                metrics::histogram!("nca_http_request_seconds", "route" => results::FAST_ROUTE)
+                    .record(start.elapsed().as_secs_f64());
+                return Ok(security_headers(resp).await);
+            }
+            let req = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
+            router.oneshot(req).await
+        })
+    }
 }
 
 /// Count and time every request by route template (never the raw path: no UPNs in metrics).

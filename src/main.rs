@@ -295,7 +295,7 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
     if let Some(b) = banner {
         println!("{b}");
     }
-    http::serve_tls(listener, tls, nca_portal::router(state), limits, async {
+    http::serve_tls(listener, tls, nca_portal::app(state), limits, async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
     })

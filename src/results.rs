@@ -6,6 +6,7 @@
 //! release's own organisation index; audit records go to a background writer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -22,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::auth::roles::{Action, OrgKind};
-use crate::auth::session::Signed;
+use crate::auth::session::{Signed, SignedIn};
 use crate::db;
 use crate::http::ClientAddr;
 
@@ -93,6 +94,7 @@ pub struct Results {
     store: Store,
     current: RwLock<Option<Arc<Release>>>,
     cache: moka::future::Cache<(String, String), Bytes>,
+    hits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Results {
@@ -113,6 +115,7 @@ impl Results {
                 .max_capacity(cache_bytes)
                 .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .build(),
+            hits: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -156,6 +159,23 @@ impl Results {
         *self.current.write().expect("release lock poisoned") = Some(release);
         tracing::info!(release = %id, "release loaded");
         Ok(true)
+    }
+
+    /// One object of a release if it is in memory now.
+    pub async fn cached(&self, release: &Release, path: &str) -> Option<Bytes> {
+        let hit = self
+            .cache
+            .get(&(release.id.clone(), path.to_string()))
+            .await;
+        if hit.is_some() {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// How many fast-path requests found their object in memory.
+    pub fn cached_hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One object of a release, from memory or (once, however many ask at once) the store.
@@ -225,14 +245,14 @@ fn not_open_yet(at: time::OffsetDateTime, message: &str) -> Response {
 }
 
 /// Who may see a school's results: the school, its LA, its trust, the operator.
-fn may_see_school(s: &Signed, release: &Release, laestab: &str) -> bool {
+fn may_see_school(user: &SignedIn, release: &Release, laestab: &str) -> bool {
     let Some((la, trust)) = release.schools.get(laestab) else {
         return false;
     };
-    match s.user.kind {
-        OrgKind::Ks2School => s.user.org == laestab,
-        OrgKind::La => s.user.org == *la,
-        OrgKind::Mat => trust.as_deref() == Some(s.user.org.as_str()),
+    match user.kind {
+        OrgKind::Ks2School => user.org == laestab,
+        OrgKind::La => user.org == *la,
+        OrgKind::Mat => trust.as_deref() == Some(user.org.as_str()),
         OrgKind::Operator => true,
         OrgKind::Ks3School => false,
     }
@@ -276,70 +296,84 @@ async fn trust(
     download(&state, &s, addr, &file, &headers, Target::Trust).await
 }
 
-async fn download(
+/// Everything decided about a download before any bytes are fetched.
+struct Plan {
+    release: Arc<Release>,
+    /// The file asked for, and the variant (precompressed or not) chosen for this client.
+    path: String,
+    chosen: String,
+    encoding: Option<&'static str>,
+    content_type: &'static str,
+    etag: String,
+    not_modified: bool,
+}
+
+/// Check a download against permissions, the embargo and authorisation, and choose the
+/// variant to send. Shared by the fast path and the router's handlers, so the two cannot
+/// disagree; every refusal is the response to send. The callers check the rate limits.
+fn plan(
     state: &AppState,
-    s: &Signed,
-    addr: Addr,
+    user: &SignedIn,
     file: &str,
     headers: &HeaderMap,
     target: fn(String) -> Target,
-) -> Response {
-    if !s.user.may(Action::ViewResults) {
-        return error(
+) -> Result<Plan, Response> {
+    if !user.may(Action::ViewResults) {
+        return Err(error(
             StatusCode::FORBIDDEN,
             "your account does not have permission to view results",
-        );
-    }
-    if let Err(wait) = state
-        .limits
-        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
-    {
-        return crate::protect::too_many(wait);
+        ));
     }
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
     let Some(release) = state.results.release() else {
-        return error(StatusCode::NOT_FOUND, "no results have been published");
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no results have been published",
+        ));
     };
     let now = state.clock.now();
     let opens = release.manifest.opens_at.unix_timestamp();
-    if now < opens && s.user.kind != OrgKind::Operator {
-        return not_open_yet(release.manifest.opens_at, "results are not available until");
+    if now < opens && user.kind != OrgKind::Operator {
+        return Err(not_open_yet(
+            release.manifest.opens_at,
+            "results are not available until",
+        ));
     }
     let t = target(name.to_string());
     let (path, allowed, content_type) = match (&t, ext) {
         (Target::School(l), "csv") => (
             layout::school_csv(l),
-            may_see_school(s, &release, l),
+            may_see_school(user, &release, l),
             "text/csv; charset=utf-8",
         ),
         (Target::School(l), "ctf") => (
             layout::school_ctf(l),
-            may_see_school(s, &release, l),
+            may_see_school(user, &release, l),
             "application/xml",
         ),
         (Target::La(c), "csv") => (
             layout::la_csv(c),
-            (s.user.kind == OrgKind::La && s.user.org == *c) || s.user.kind == OrgKind::Operator,
+            (user.kind == OrgKind::La && user.org == *c) || user.kind == OrgKind::Operator,
             "text/csv; charset=utf-8",
         ),
         (Target::Trust(u), "csv") => (
             layout::trust_csv(u),
-            (s.user.kind == OrgKind::Mat && s.user.org == *u) || s.user.kind == OrgKind::Operator,
+            (user.kind == OrgKind::Mat && user.org == *u) || user.kind == OrgKind::Operator,
             "text/csv; charset=utf-8",
         ),
         _ => {
-            return error(
+            return Err(error(
                 StatusCode::NOT_FOUND,
                 "no such download: use .csv, or .ctf for a school",
-            );
+            ));
         }
     };
     if !allowed {
         // The same answer whether or not the organisation exists: nothing to probe.
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             "these results belong to another organisation",
-        );
+        ));
     }
     // The precompressed variant the client accepts, best first.
     let accepts = headers
@@ -353,85 +387,191 @@ async fn download(
         })
     };
     let candidates = [
-        (layout::brotli(&path), Some("br"), accepts("br")),
-        (layout::gzip(&path), Some("gzip"), accepts("gzip")),
-        (path.clone(), None, true),
+        (Some("br"), accepts("br")),
+        (Some("gzip"), accepts("gzip")),
+        (None, true),
     ];
-    let Some((chosen, encoding, _)) = candidates
-        .into_iter()
-        .find(|(p, _, ok)| *ok && release.manifest.objects.contains_key(p))
-    else {
-        return error(StatusCode::NOT_FOUND, "no such download");
+    let Some((chosen, encoding)) = candidates.into_iter().find_map(|(enc, ok)| {
+        let p = match enc {
+            Some("br") => layout::brotli(&path),
+            Some(_) => layout::gzip(&path),
+            None => path.clone(),
+        };
+        (ok && release.manifest.objects.contains_key(&p)).then_some((p, enc))
+    }) else {
+        return Err(error(StatusCode::NOT_FOUND, "no such download"));
     };
     let sha = &release.manifest.objects[&chosen].sha256;
     let etag = format!("\"{}\"", &sha[..32]);
-    audit(state, s, &release.id, &path).await;
-    let mut resp = if headers
+    let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        match state.results.object(&release, &chosen).await {
-            Ok(Some(bytes)) => {
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    Ok(Plan {
+        release,
+        path,
+        chosen,
+        encoding,
+        content_type,
+        etag,
+        not_modified,
+    })
+}
+
+impl Plan {
+    /// The response: the file's bytes (None for 304 Not Modified) with its headers.
+    fn respond(&self, bytes: Option<Bytes>) -> Response {
+        let mut r = match bytes {
+            None => StatusCode::NOT_MODIFIED.into_response(),
+            Some(bytes) => {
                 let mut r = Response::new(Body::from(bytes));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-                if let Some(enc) = encoding {
-                    r.headers_mut()
-                        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(self.content_type),
+                );
+                if let Some(enc) = self.encoding {
+                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
                 }
-                let filename = path.rsplit('/').next().unwrap_or("results.csv").to_string();
+                let filename = self.path.rsplit('/').next().unwrap_or("results.csv");
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
                 {
-                    r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+                    h.insert(header::CONTENT_DISPOSITION, v);
                 }
                 r
             }
-            Ok(None) => return error(StatusCode::NOT_FOUND, "no such download"),
-            Err(e) => {
-                tracing::error!(error = %e, path = %chosen, "reading a release object");
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "results are briefly unavailable: try again",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return r;
-            }
+        };
+        let h = r.headers_mut();
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&self.etag).expect("hex etag"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        );
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, Cookie"),
+        );
+        r
+    }
+
+    fn audit_event(&self, state: &AppState, user: &SignedIn) -> AuditEvent {
+        AuditEvent {
+            action: "results-download",
+            actor: user.email.clone(),
+            org: user.org.clone(),
+            target: format!("{}/{}", self.release.id, self.path),
+            at: state.clock.now(),
         }
-    };
-    let h = resp.headers_mut();
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex etag"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache"),
-    );
-    h.insert(
-        header::VARY,
-        HeaderValue::from_static("Accept-Encoding, Cookie"),
-    );
-    resp
+    }
 }
 
-/// Record a download of pupil data; the database write happens in the background.
-async fn audit(state: &AppState, s: &Signed, release: &str, path: &str) {
-    let event = AuditEvent {
-        action: "results-download",
-        actor: s.user.email.clone(),
-        org: s.user.org.clone(),
-        target: format!("{release}/{path}"),
-        at: state.clock.now(),
+async fn download(
+    state: &AppState,
+    s: &Signed,
+    addr: Addr,
+    file: &str,
+    headers: &HeaderMap,
+    target: fn(String) -> Target,
+) -> Response {
+    if let Err(wait) = state
+        .limits
+        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
+    {
+        return crate::protect::too_many(wait);
+    }
+    let plan = match plan(state, &s.user, file, headers, target) {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
     };
     // Waits only when the writer is a whole queue behind: no download goes unrecorded.
-    if state.audit_tx.send(event).await.is_err() {
+    if state
+        .audit_tx
+        .send(plan.audit_event(state, &s.user))
+        .await
+        .is_err()
+    {
         tracing::error!("audit writer stopped: a download was not recorded");
     }
+    if plan.not_modified {
+        return plan.respond(None);
+    }
+    match state.results.object(&plan.release, &plan.chosen).await {
+        Ok(Some(bytes)) => plan.respond(Some(bytes)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such download"),
+        Err(e) => {
+            tracing::error!(error = %e, path = %plan.chosen, "reading a release object");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "results are briefly unavailable: try again",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+/// The route template the fast path's requests are counted under.
+pub const FAST_ROUTE: &str = "/api/v1/results/{kind}/{file} (fast path)";
+
+/// The hot path of results morning, ahead of the router: a signed-in user's download whose
+/// session needs nothing written back and whose file is already in memory is answered here,
+/// with the same checks as the handlers (session, admission, permissions, rate limits,
+/// embargo, authorisation, audit) and none of the general middleware's per-request work.
+/// None hands the request to the router, which covers every other case the long way.
+pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -> Option<Response> {
+    if req.method != axum::http::Method::GET {
+        return None;
+    }
+    let rest = req.uri.path().strip_prefix("/api/v1/results/")?;
+    let (kind, file) = rest.split_once('/')?;
+    let target: fn(String) -> Target = match kind {
+        "school" => Target::School,
+        "la" => Target::La,
+        "trust" => Target::Trust,
+        _ => return None,
+    };
+    if file.contains('/') || file.contains('%') {
+        return None;
+    }
+    let user = crate::auth::session::signed_in_as_is(state, &req.headers)?;
+    let Ok(_permit) = state.gates.downloads.clone().try_acquire_owned() else {
+        return Some(crate::protect::busy("download"));
+    };
+    let ip = req
+        .extensions
+        .get::<ClientAddr>()
+        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.0.ip());
+    let plan = plan(state, &user, file, &req.headers, target);
+    // Anything that must wait goes the long way before the rate limits count this request: a
+    // miss (where concurrent misses coalesce into one read), or a full audit queue.
+    let bytes = match &plan {
+        Ok(p) if !p.not_modified => Some(state.results.cached(&p.release, &p.chosen).await?),
+        _ => None,
+    };
+    let audit = match state.audit_tx.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(())) => return None,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {
+            tracing::error!("audit writer stopped: a download was not recorded");
+            None
+        }
+    };
+    if let Err(wait) = state.limits.check(&user.uid, &user.org, ip) {
+        return Some(crate::protect::too_many(wait));
+    }
+    let plan = match plan {
+        Ok(p) => p,
+        Err(refusal) => return Some(refusal),
+    };
+    if let Some(permit) = audit {
+        permit.send(plan.audit_event(state, &user));
+    }
+    Some(plan.respond(bytes))
 }
 
 #[derive(Debug)]

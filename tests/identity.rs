@@ -19,7 +19,7 @@ const SCHOOL: &str = "9992001";
 
 struct App {
     state: AppState,
-    router: axum::Router,
+    router: nca_portal::App,
     _dir: tempfile::TempDir,
 }
 
@@ -38,7 +38,7 @@ async fn spawn_app(clock: Clock) -> App {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("data-pipeline/tests/fixtures/rules");
     orgs::import(&state.db, &fixture, 0).await.unwrap();
     App {
-        router: nca_portal::router(state.clone()),
+        router: nca_portal::app(state.clone()),
         state,
         _dir: dir,
     }

@@ -21,13 +21,13 @@ fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data-pipeline/tests/fixtures/rules")
 }
 
-async fn app() -> (AppState, axum::Router, tempfile::TempDir) {
+async fn app() -> (AppState, nca_portal::App, tempfile::TempDir) {
     app_with(|_| {}).await
 }
 
 async fn app_with(
     tweak: impl FnOnce(&mut Settings),
-) -> (AppState, axum::Router, tempfile::TempDir) {
+) -> (AppState, nca_portal::App, tempfile::TempDir) {
     nca_portal::http::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::load(
@@ -68,7 +68,7 @@ async fn app_with(
         .await
         .unwrap();
     }
-    let router = nca_portal::router(state.clone());
+    let router = nca_portal::app(state.clone());
     (state, router, dir)
 }
 
@@ -88,7 +88,7 @@ async fn publish(state: &AppState) {
 }
 
 async fn send(
-    router: &axum::Router,
+    router: &nca_portal::App,
     req: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let resp = router.clone().oneshot(req).await.unwrap();
@@ -101,7 +101,7 @@ async fn send(
 }
 
 /// Sign in through the JSON API (password, then the emailed code); returns the cookies.
-async fn sign_in(state: &AppState, router: &axum::Router, email: &str) -> String {
+async fn sign_in(state: &AppState, router: &nca_portal::App, email: &str) -> String {
     let mut cookies = std::collections::HashMap::new();
     for (path, body) in [
         (
@@ -324,6 +324,86 @@ async fn downloads_use_precompressed_variants_with_strong_etags() {
     assert_ne!(etags[0], etags[1], "each representation has its own tag");
 }
 
+/// The results fast path (ahead of the router) must answer exactly as the router's handlers
+/// do: same status, headers and bytes for every user, route, encoding and revalidation.
+#[tokio::test]
+async fn the_fast_path_answers_exactly_as_the_router_does() {
+    let (state, app, _dir) = app_with(|s| s.rate_limits.per_user_per_minute = 10_000).await;
+    state.clock.advance(OPENS - START);
+    let router = nca_portal::router(state.clone());
+    let routes = [
+        "/api/v1/results/school/9992001.csv",
+        "/api/v1/results/school/9992001.ctf",
+        "/api/v1/results/school/9992002.csv",
+        "/api/v1/results/school/9990000.csv",
+        "/api/v1/results/school/9992001.pdf",
+        "/api/v1/results/la/999.csv",
+        "/api/v1/results/la/998.csv",
+        "/api/v1/results/trust/12345.csv",
+    ];
+    let comparable = |h: &axum::http::HeaderMap| {
+        let mut v: Vec<(String, String)> = h
+            .iter()
+            // hyper writes Content-Length from the body on the wire either way.
+            .filter(|(k, _)| ![header::SET_COOKIE, header::CONTENT_LENGTH].contains(k))
+            .filter(|(k, _)| *k != "x-request-id")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut fast_answers = 0;
+    for email in [
+        "school@a.sch.uk",
+        "la@la.gov.uk",
+        "mat@trust.org.uk",
+        "ks3@high.sch.uk",
+    ] {
+        let cookie = sign_in(&state, &app, email).await;
+        for route in routes {
+            for enc in ["br, gzip", "gzip", ""] {
+                let req = || {
+                    Request::get(route)
+                        .header(header::COOKIE, &cookie)
+                        .header(header::ACCEPT_ENCODING, enc)
+                        .body(Body::empty())
+                        .unwrap()
+                };
+                // The router first: it fills the cache, so the service's fast path can answer.
+                let slow = router.clone().oneshot(req()).await.unwrap();
+                let (ss, sh) = (slow.status(), slow.headers().clone());
+                let sb = axum::body::to_bytes(slow.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let before = state.results.cached_hits();
+                let (fs, fh, fb) = send(&app, req()).await;
+                if state.results.cached_hits() > before {
+                    fast_answers += 1;
+                }
+                assert_eq!(
+                    (ss, comparable(&sh)),
+                    (fs, comparable(&fh)),
+                    "{email} {route} {enc}"
+                );
+                assert_eq!(sb.as_ref(), fb.as_slice(), "{email} {route} {enc}");
+                assert!(fh.contains_key("x-request-id"));
+                assert_eq!(fh[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+                if let Some(etag) = fh.get(header::ETAG) {
+                    let mut r = req();
+                    r.headers_mut().insert(header::IF_NONE_MATCH, etag.clone());
+                    let (status, _, body) = send(&app, r).await;
+                    assert_eq!(status, 304, "{email} {route} {enc}");
+                    assert!(body.is_empty());
+                }
+            }
+        }
+    }
+    assert!(
+        fast_answers >= 10,
+        "the fast path answered {fast_answers} times"
+    );
+}
+
 #[tokio::test]
 async fn a_new_release_is_picked_up_without_a_restart() {
     let (state, router, _dir) = app().await;
@@ -378,7 +458,7 @@ async fn rate_limits_answer_429_and_a_full_class_answers_503() {
 }
 
 async fn lookup(
-    router: &axum::Router,
+    router: &nca_portal::App,
     cookie: &str,
     body: serde_json::Value,
 ) -> (StatusCode, String) {
