@@ -6,7 +6,6 @@
 //! release's own organisation index; audit records go to a background writer.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -317,16 +316,16 @@ fn plan(
     file: &str,
     headers: &HeaderMap,
     target: fn(String) -> Target,
-) -> Result<Plan, Response> {
+) -> Result<Plan, Refusal> {
     if !user.may(Action::ViewResults) {
-        return Err(error(
+        return Err(Refusal::Error(
             StatusCode::FORBIDDEN,
             "your account does not have permission to view results",
         ));
     }
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
     let Some(release) = state.results.release() else {
-        return Err(error(
+        return Err(Refusal::Error(
             StatusCode::NOT_FOUND,
             "no results have been published",
         ));
@@ -334,10 +333,7 @@ fn plan(
     let now = state.clock.now();
     let opens = release.manifest.opens_at.unix_timestamp();
     if now < opens && user.kind != OrgKind::Operator {
-        return Err(not_open_yet(
-            release.manifest.opens_at,
-            "results are not available until",
-        ));
+        return Err(Refusal::NotOpen(release.manifest.opens_at));
     }
     let t = target(name.to_string());
     let (path, allowed, content_type) = match (&t, ext) {
@@ -362,7 +358,7 @@ fn plan(
             "text/csv; charset=utf-8",
         ),
         _ => {
-            return Err(error(
+            return Err(Refusal::Error(
                 StatusCode::NOT_FOUND,
                 "no such download: use .csv, or .ctf for a school",
             ));
@@ -370,7 +366,7 @@ fn plan(
     };
     if !allowed {
         // The same answer whether or not the organisation exists: nothing to probe.
-        return Err(error(
+        return Err(Refusal::Error(
             StatusCode::FORBIDDEN,
             "these results belong to another organisation",
         ));
@@ -399,7 +395,7 @@ fn plan(
         };
         (ok && release.manifest.objects.contains_key(&p)).then_some((p, enc))
     }) else {
-        return Err(error(StatusCode::NOT_FOUND, "no such download"));
+        return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
     let sha = &release.manifest.objects[&chosen].sha256;
     let etag = format!("\"{}\"", &sha[..32]);
@@ -416,6 +412,21 @@ fn plan(
         etag,
         not_modified,
     })
+}
+
+/// Why a download is refused (small, so plans pass cheaply; made a response only when sent).
+enum Refusal {
+    Error(StatusCode, &'static str),
+    NotOpen(time::OffsetDateTime),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Error(status, message) => error(status, message),
+            Refusal::NotOpen(at) => not_open_yet(at, "results are not available until"),
+        }
+    }
 }
 
 impl Plan {
@@ -485,7 +496,7 @@ async fn download(
     }
     let plan = match plan(state, &s.user, file, headers, target) {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     // Waits only when the writer is a whole queue behind: no download goes unrecorded.
     if state
@@ -566,7 +577,7 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
     }
     let plan = match plan {
         Ok(p) => p,
-        Err(refusal) => return Some(refusal),
+        Err(refusal) => return Some(refusal.into_response()),
     };
     if let Some(permit) = audit {
         permit.send(plan.audit_event(state, &user));
