@@ -500,49 +500,58 @@ pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
 /// Many audit records in one transaction, 16 rows to a statement (the results plane's
 /// background writer: per-row statements cost a round trip to the database each, and
 /// SQLite's parameter lookup grows with the square of a statement's parameters).
-/// Write audit rows in one transaction and one statement: the rows travel as a single JSON
-/// parameter (SQLite's `json_each`, PostgreSQL's `json_array_elements`), so a batch of
-/// thousands costs one parse and no per-parameter binding. Ids are time-ordered, so the
-/// primary key grows at its end rather than at random places.
-pub async fn audit_batch(db: &Db, rows: &[(Audit<'_>, i64)]) -> sqlx::Result<()> {
-    type Row<'a> = (
-        String,
-        i64,
-        Option<&'a str>,
-        Option<&'a str>,
-        &'a str,
-        Option<&'a str>,
-        &'a str,
-        Option<&'a str>,
-    );
-    let json: Vec<Row<'_>> = rows
+/// One access to pupil data (a download, a lookup, a page of results).
+#[derive(Debug)]
+pub struct Access {
+    pub at: i64,
+    pub actor: String,
+    pub org_id: String,
+    pub action: &'static str,
+    pub target: String,
+}
+
+/// Append access records in one statement: the rows travel as a single JSON parameter
+/// (SQLite's `json_each`, PostgreSQL's `json_array_elements`), so a batch of thousands costs
+/// one parse, no per-parameter binding and one append per row to an unindexed table.
+pub async fn access_batch(db: &Db, rows: &[Access]) -> sqlx::Result<()> {
+    let json: Vec<(i64, &str, &str, &str, &str)> = rows
         .iter()
-        .map(|(a, at)| {
-            (
-                ordered_id(*at),
-                *at,
-                a.actor,
-                a.org_id,
-                a.action,
-                a.target,
-                a.detail.as_str(),
-                a.ip.as_deref(),
-            )
-        })
+        .map(|a| (a.at, &*a.actor, &*a.org_id, a.action, &*a.target))
         .collect();
-    let json = serde_json::to_string(&json).expect("audit rows serialise");
+    let json = serde_json::to_string(&json).expect("access rows serialise");
     let mut conn = db.acquire().await?;
     let sql = if conn.backend_name() == "PostgreSQL" {
-        "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) \
-         SELECT e->>0, (e->>1)::bigint, e->>2, e->>3, e->>4, e->>5, e->>6, e->>7 \
-         FROM json_array_elements($1::json) AS e"
+        "INSERT INTO access_log (at, actor, org_id, action, target) \
+         SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4 FROM json_array_elements($1::json) AS e"
     } else {
-        "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) \
-         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-         value->>7 FROM json_each($1)"
+        "INSERT INTO access_log (at, actor, org_id, action, target) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each($1)"
     };
     sqlx::query(sql).bind(json).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Write audit rows in one transaction, with time-ordered ids (so the primary key grows at
+/// its end). Administrative events: few, and each may be looked up by organisation.
+pub async fn audit_batch(db: &Db, rows: &[(Audit<'_>, i64)]) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for (a, at) in rows {
+        sqlx::query(
+            "INSERT INTO audit (id, at, actor, org_id, action, target, detail, ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(ordered_id(*at))
+        .bind(*at)
+        .bind(a.actor)
+        .bind(a.org_id)
+        .bind(a.action)
+        .bind(a.target)
+        .bind(a.detail.clone())
+        .bind(a.ip.clone())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// An id that sorts by time: the second, this process's random tag, a counter.
@@ -559,19 +568,25 @@ pub async fn audit_rows(
     org_id: Option<&str>,
     limit: i64,
 ) -> sqlx::Result<Vec<(i64, String, String, String, String)>> {
+    const BOTH: &str = "SELECT at, actor, action, target, detail, org_id FROM audit \
+         UNION ALL SELECT at, actor, action, target, '' AS detail, org_id FROM access_log";
     let rows = match org_id {
         Some(o) => {
-            sqlx::query("SELECT * FROM audit WHERE org_id = $1 ORDER BY at DESC LIMIT $2")
-                .bind(o)
-                .bind(limit)
-                .fetch_all(db)
-                .await?
+            sqlx::query(&format!(
+                "SELECT * FROM ({BOTH}) AS a WHERE org_id = $1 ORDER BY at DESC LIMIT $2"
+            ))
+            .bind(o)
+            .bind(limit)
+            .fetch_all(db)
+            .await?
         }
         None => {
-            sqlx::query("SELECT * FROM audit ORDER BY at DESC LIMIT $1")
-                .bind(limit)
-                .fetch_all(db)
-                .await?
+            sqlx::query(&format!(
+                "SELECT * FROM ({BOTH}) AS a ORDER BY at DESC LIMIT $1"
+            ))
+            .bind(limit)
+            .fetch_all(db)
+            .await?
         }
     };
     Ok(rows

@@ -130,6 +130,11 @@ fn init_logs(json: bool) {
     }
 }
 
+/// mimalloc: the hot path allocates small, short-lived buffers on every request, where glibc
+/// malloc spends measurably more (perf: ~8% of a download in malloc/free).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Errors are for the operator: the message and its causes, without a backtrace.
     if let Err(e) = run() {

@@ -473,7 +473,7 @@ impl Plan {
         AuditEvent {
             action: "results-download",
             actor: user.email.clone(),
-            org: user.org.clone(),
+            org_id: user.org.clone(),
             target: format!("{}/{}", self.release.id, self.path),
             at: state.clock.now(),
         }
@@ -585,40 +585,17 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
     Some(plan.respond(bytes))
 }
 
-#[derive(Debug)]
-pub struct AuditEvent {
-    pub action: &'static str,
-    pub actor: String,
-    pub org: String,
-    pub target: String,
-    pub at: i64,
-}
+pub type AuditEvent = db::Access;
 
-/// Write audit events in the background, in arrival order, many to a transaction: one
-/// commit per batch keeps up with downloads where one commit per row could not.
+/// Write access records in the background, in arrival order, many to a statement: one
+/// statement per batch keeps up with downloads where one per row could not.
 pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditEvent>) {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(4096);
         while rx.recv_many(&mut batch, 4096).await > 0 {
-            let rows: Vec<(db::Audit<'_>, i64)> = batch
-                .iter()
-                .map(|e: &AuditEvent| {
-                    (
-                        db::Audit {
-                            actor: Some(&e.actor),
-                            org_id: Some(&e.org),
-                            action: e.action,
-                            target: Some(&e.target),
-                            ..Default::default()
-                        },
-                        e.at,
-                    )
-                })
-                .collect();
-            if let Err(err) = db::audit_batch(&db, &rows).await {
-                tracing::error!(error = %err, rows = rows.len(), "writing audit records");
+            if let Err(err) = db::access_batch(&db, &batch).await {
+                tracing::error!(error = %err, rows = batch.len(), "writing access records");
             }
-            drop(rows);
             batch.clear();
         }
     });
@@ -689,7 +666,7 @@ async fn ks3_lookup(
     let event = AuditEvent {
         action: "ks3-lookup",
         actor: s.user.email.clone(),
-        org: s.user.org.clone(),
+        org_id: s.user.org.clone(),
         target: format!(
             "{}/ks3-lookup: {} asked, {} matched: {}",
             release.id,
