@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
 use nca_portal::accounts::{self, Actor};
 use nca_portal::auth::Clock;
 use nca_portal::auth::roles::{Role, RoleSet};
@@ -95,6 +96,14 @@ enum UsersCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Create many users from a CSV file with the header `email,org,role,password` (role may
+    /// list several separated by `;`; an empty password sends an invitation). Every row is
+    /// checked before any account is created.
+    Import {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List an organisation's users.
     List {
         #[arg(long)]
@@ -102,6 +111,61 @@ enum UsersCommand {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// One row of a `users import` file.
+struct UserRow {
+    row: usize,
+    email: String,
+    org: String,
+    roles: RoleSet,
+    password: Option<String>,
+}
+
+/// Read and check a whole `users import` file: errors name the file, row and column.
+fn read_user_rows(file: &std::path::Path) -> anyhow::Result<Vec<UserRow>> {
+    let mut reader =
+        csv::Reader::from_path(file).with_context(|| format!("opening {}", file.display()))?;
+    let headers = reader.headers()?.clone();
+    let want = ["email", "org", "role", "password"];
+    anyhow::ensure!(
+        headers.iter().collect::<Vec<_>>() == want,
+        "{}: the header must be {}",
+        file.display(),
+        want.join(",")
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut rows = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let row = i + 2;
+        let rec = rec.with_context(|| format!("{}, row {row}", file.display()))?;
+        let at = |col: &str| format!("{}, row {row}, column {col}", file.display());
+        let email = rec[0].trim().to_string();
+        anyhow::ensure!(email.contains('@'), "{}: not an email address", at("email"));
+        let org = rec[1].trim().to_string();
+        anyhow::ensure!(!org.is_empty(), "{}: missing", at("org"));
+        anyhow::ensure!(
+            seen.insert((email.to_lowercase(), org.clone())),
+            "{}: {email} in {org} appears twice",
+            at("email")
+        );
+        let mut roles = RoleSet::default();
+        for r in rec[2].split(';').map(str::trim).filter(|r| !r.is_empty()) {
+            roles.insert(
+                Role::parse(r).with_context(|| format!("{}: unknown role {r:?}", at("role")))?,
+            );
+        }
+        anyhow::ensure!(!roles.is_empty(), "{}: missing", at("role"));
+        let password = Some(rec[3].to_string()).filter(|p| !p.is_empty());
+        rows.push(UserRow {
+            row,
+            email,
+            org,
+            roles,
+            password,
+        });
+    }
+    Ok(rows)
 }
 
 fn settings(
@@ -240,6 +304,43 @@ async fn users(command: UsersCommand) -> anyhow::Result<()> {
                 (None, true) => println!("existing account {email} given roles in {org}"),
                 (None, false) => println!("user {email} created with the given password"),
             }
+            Ok(())
+        }
+        UsersCommand::Import { file, common } => {
+            let rows = read_user_rows(&file)?;
+            let s = settings(&common, None, None)?;
+            let state = AppState::open(s, Clock::System).await?;
+            let concurrency = state.settings.hash_threads().max(1);
+            let results: Vec<anyhow::Result<()>> = futures::stream::iter(rows.iter())
+                .map(|r| {
+                    let (state, file) = (&state, &file);
+                    async move {
+                        let name = r.email.split('@').next().unwrap_or("").to_string();
+                        accounts::create_user(
+                            state,
+                            &Actor::cli(),
+                            &r.org,
+                            &name,
+                            &r.email,
+                            r.roles,
+                            r.password.as_deref(),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            anyhow::anyhow!("{}, row {} ({}): {e}", file.display(), r.row, r.email)
+                        })
+                    }
+                })
+                .buffered(concurrency)
+                .collect()
+                .await;
+            let failed: Vec<String> = results
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+            println!("{} users imported", rows.len() - failed.len());
+            anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
             Ok(())
         }
         UsersCommand::List { org, common } => {
