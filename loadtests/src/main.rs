@@ -1,9 +1,774 @@
-//! Load tests drive the release binaries; the results-morning load test arrives with the
-//! results plane (issue 4). Until then this binary only says so.
+//! The results-morning load test. Generates a synthetic cohort, publishes it with 7:30 a short
+//! time ahead, imports the organisations, creates one account per organisation, starts the
+//! real release server over HTTPS, then drives it with goose: every account signs in with
+//! password and the emailed code (read from the outbox) before 7:30 and waits; at 7:30 KS2
+//! schools download CSV and CTF and open the results page, LAs and trusts pull their combined
+//! files, KS3 schools look up 150 incoming pupils. 429 and 503 answers are retried after their
+//! Retry-After. Prints success rate, throughput, p50/p95/p99 per step, 429/503 counts,
+//! whether every retried request finally succeeded, the download p99 while sign-ins were
+//! still running, and how long after 7:30 the last organisation had all its files.
+//!
+//! Sign-in arrivals are paced to finish about 80% of sign-ins by 7:30, so the rest run beside
+//! the downloads. All simulated users share one address, so the per-IP limits (which exist
+//! for a whole LA behind one address, not for a whole country) are raised; the per-user and
+//! per-organisation limits and admission control are the shipped defaults.
 
-fn main() {
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use goose::prelude::*;
+
+const PASSWORD: &str = "Load-Test-Morning-2025!";
+/// Tries per request before a step counts as failed (429 and 503 are retried).
+const TRIES: usize = 30;
+
+#[derive(Parser, Debug)]
+#[command(about = "Results-morning load test against the release binaries")]
+struct Args {
+    /// KS2 schools in the cohort; KS3 schools, LAs and trusts follow in national proportion
+    /// (2,000 KS2 schools make about 2,500 organisations).
+    #[arg(long, default_value_t = 2000)]
+    schools: usize,
+    /// A whole national release (16,800 KS2 schools, about 21,000 organisations; long).
+    #[arg(long)]
+    national: bool,
+    /// Incoming pupils each KS3 school looks up.
+    #[arg(long, default_value_t = 150)]
+    ks3_pupils: usize,
+    /// Sign-ins a second the server is expected to sustain (sets how far ahead 7:30 is).
+    #[arg(long, default_value_t = 30.0)]
+    sign_ins_per_sec: f64,
+    /// Keep the working folder here (default: a temporary folder, removed at the end).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Folder holding the release binaries nca-portal and nca-pipeline (default: beside this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+enum Org {
+    Ks2(String),
+    Ks3(String),
+    La(String),
+    Trust(String),
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    email: String,
+    org: Org,
+}
+
+/// A pupil a KS3 school may ask about: (upn, surname, dob).
+type Pupil = (String, String, String);
+
+/// Shared by every simulated user.
+struct World {
+    accounts: Mutex<Vec<Account>>,
+    pupils: Vec<Pupil>,
+    ks3_pupils: usize,
+    outbox: PathBuf,
+    /// Email -> the latest sign-in code mailed to it, and a sequence number.
+    codes: Mutex<HashMap<String, (u64, String)>>,
+    opens: Instant,
+    signing_in: AtomicUsize,
+    ks3_asked: AtomicUsize,
+    ks3_matched: AtomicUsize,
+    /// Per step: latencies (ms) of successful requests, and final outcomes.
+    steps: Mutex<HashMap<&'static str, Step>>,
+    downloads_during_sign_in: Mutex<Vec<f64>>,
+    last_done: Mutex<Duration>,
+}
+
+#[derive(Default)]
+struct Step {
+    latencies: Vec<f64>,
+    ok: usize,
+    failed: usize,
+    retried: usize,
+    retried_ok: usize,
+    status: HashMap<u16, usize>,
+}
+
+static WORLD: OnceLock<Arc<World>> = OnceLock::new();
+
+fn world() -> &'static Arc<World> {
+    WORLD.get().expect("world set before the attack")
+}
+
+struct Session {
+    account: Account,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bin = match &args.bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary folder")?
+            .to_path_buf(),
+    };
+    let pipeline = bin.join("nca-pipeline");
+    let portal = bin.join("nca-portal");
+    for b in [&pipeline, &portal] {
+        ensure!(
+            b.exists(),
+            "{} not found: build the release binaries first",
+            b.display()
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work)?;
+    let data = work.join("data");
+    let intake = work.join("intake");
+    let schools = if args.national { 16_800 } else { args.schools };
+
     eprintln!(
-        "no load tests yet: the results plane they exercise is not built (see loadtests/README.md)"
+        "generating a cohort of {schools} KS2 schools in {}",
+        work.display()
     );
-    std::process::exit(2);
+    sh(Command::new(&pipeline)
+        .args([
+            "generate",
+            "--seed",
+            "7",
+            "--script-pupils",
+            "0",
+            "--schools",
+        ])
+        .arg(schools.to_string())
+        .arg("--out")
+        .arg(&intake))?;
+    sh(Command::new(&portal)
+        .args(["orgs", "import"])
+        .arg(&intake)
+        .arg("--data-dir")
+        .arg(&data))?;
+    let (accounts, pupils) = read_intake(&intake)?;
+    let users_csv = work.join("users.csv");
+    let mut w = csv::Writer::from_path(&users_csv)?;
+    w.write_record(["email", "org", "role", "password"])?;
+    for a in &accounts {
+        let (org, role) = match &a.org {
+            Org::Ks2(o) => (o, "general-user"),
+            Org::Ks3(o) => (o, "ks3-user"),
+            Org::La(o) => (o, "la-general-user"),
+            Org::Trust(o) => (o, "mat-user"),
+        };
+        w.write_record([a.email.as_str(), org, role, PASSWORD])?;
+    }
+    w.flush()?;
+    eprintln!("creating {} accounts, one per organisation", accounts.len());
+    sh(Command::new(&portal)
+        .args(["users", "import"])
+        .arg(&users_csv)
+        .arg("--data-dir")
+        .arg(&data))?;
+
+    // 7:30 is when about 80% of the accounts could have signed in at the expected rate.
+    let lead = (accounts.len() as f64 / args.sign_ins_per_sec * 0.8).max(20.0);
+    let publish_secs = 10.0 + schools as f64 / 400.0;
+    let opens_in = Duration::from_secs_f64(lead + publish_secs + 5.0);
+    let opens_at = time::OffsetDateTime::now_utc() + opens_in;
+    let opens = Instant::now() + opens_in;
+    let at = opens_at
+        .replace_nanosecond(0)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    eprintln!("publishing with results opening at {at} (simulated 7:30)");
+    sh(Command::new(&pipeline)
+        .arg("publish")
+        .arg(&intake)
+        .arg("--store")
+        .arg(data.join("store"))
+        .args(["--opens-at", &at, "--ks3-opens-at", &at]))?;
+
+    let port = free_port()?;
+    let outbox = data.join("outbox");
+    std::fs::create_dir_all(&outbox)?;
+    let mut server = Server(
+        Command::new(&portal)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("NCA_ADMIN__LISTEN", "")
+            .env("NCA_AUTH__IP_ATTEMPTS_PER_MINUTE", "1000000")
+            .env("NCA_RATE_LIMITS__PER_IP_PER_MINUTE", "1000000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("server.log"))?)
+            .spawn()?,
+    );
+    let host = format!("https://127.0.0.1:{port}");
+    wait_ready(&host).await?;
+    let now = Instant::now();
+    ensure!(
+        opens > now + Duration::from_secs(5),
+        "set-up took longer than planned"
+    );
+    let sign_in_window = (opens - now).as_secs_f64() / 0.8;
+    let hatch = (accounts.len() as f64 / sign_in_window).max(1.0);
+    let n = accounts.len();
+    let world = Arc::new(World {
+        accounts: Mutex::new(accounts),
+        pupils,
+        ks3_pupils: args.ks3_pupils,
+        outbox: outbox.clone(),
+        codes: Mutex::new(HashMap::new()),
+        opens,
+        signing_in: AtomicUsize::new(0),
+        ks3_asked: AtomicUsize::new(0),
+        ks3_matched: AtomicUsize::new(0),
+        steps: Mutex::new(HashMap::new()),
+        downloads_during_sign_in: Mutex::new(Vec::new()),
+        last_done: Mutex::new(Duration::ZERO),
+    });
+    let _ = WORLD.set(world.clone());
+    let watcher = tokio::spawn(watch_outbox(world.clone()));
+
+    eprintln!(
+        "{n} users arriving at {hatch:.1}/s; results open in {:.0} s",
+        (opens - Instant::now()).as_secs_f64()
+    );
+    let started = Instant::now();
+    let report = work.join("goose-report.html");
+    let mut config = goose::config::GooseConfiguration::default();
+    // Each organisation does its morning once (goose reads this field, not the default).
+    config.iterations = 1;
+    // A bound on the whole attack: the sign-in window, then five minutes for the downloads.
+    // (goose refuses a run time beside iterations, so the bound is a timeout around it).
+    let bound = (opens - Instant::now()) + Duration::from_secs(300);
+    let metrics = GooseAttack::initialize_with_config(config)?
+        .register_scenario(
+            scenario!("Organisation")
+                .register_transaction(transaction!(sign_in).set_on_start())
+                .register_transaction(transaction!(morning)),
+        )
+        .set_default(GooseDefault::Host, host.as_str())?
+        .set_default(GooseDefault::Users, n)?
+        .set_default(GooseDefault::HatchRate, format!("{hatch:.3}").as_str())?
+        .set_default(GooseDefault::NoTelnet, true)?
+        .set_default(GooseDefault::NoWebSocket, true)?
+        .set_default(GooseDefault::NoPrintMetrics, true)?
+        .set_default(GooseDefault::Quiet, 1)?
+        .set_default(GooseDefault::Timeout, "60")?
+        .set_default(GooseDefault::ReportFile, report.to_str().context("path")?)?;
+    let metrics = tokio::time::timeout(bound, metrics.execute())
+        .await
+        .map_err(|_| anyhow::anyhow!("the attack did not finish within {bound:?}"))??;
+    let elapsed = started.elapsed();
+    watcher.abort();
+    let exited = server.0.try_wait()?;
+    server.stop();
+    let failed = summarise(&world, &metrics, elapsed, n, &work)?;
+    if let Some(status) = exited {
+        bail!("the server exited during the test: {status}");
+    }
+    if args.work.is_none() {
+        eprintln!("(working folder removed; pass --work to keep it)");
+    }
+    ensure!(failed == 0, "{failed} steps failed after retries");
+    Ok(())
+}
+
+/// The server process, stopped when dropped.
+struct Server(Child);
+
+impl Server {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.env("RUST_LOG", "warn").output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn client() -> reqwest::ClientBuilder {
+    // The server's certificate is the self-signed one it generated for this test.
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .cookie_store(true)
+        .timeout(Duration::from_secs(60))
+}
+
+async fn wait_ready(host: &str) -> anyhow::Result<()> {
+    let c = client().build()?;
+    for _ in 0..200 {
+        if c.get(format!("{host}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server did not become ready; see server.log")
+}
+
+/// One account per organisation, and every pupil (for KS3 lookups).
+fn read_intake(dir: &Path) -> anyhow::Result<(Vec<Account>, Vec<Pupil>)> {
+    let mut accounts = Vec::new();
+    let mut las = std::collections::BTreeSet::new();
+    let mut trusts = std::collections::BTreeSet::new();
+    let mut r = csv::Reader::from_path(dir.join("schools.csv"))?;
+    for rec in r.records() {
+        // urn, laestab, name, la_code, phase, type, trust_uid, trust_name
+        let rec = rec?;
+        let laestab = rec[1].to_string();
+        las.insert(rec[3].to_string());
+        if !rec[6].is_empty() {
+            trusts.insert(rec[6].to_string());
+        }
+        let org = if &rec[4] == "secondary" {
+            Org::Ks3(laestab.clone())
+        } else {
+            Org::Ks2(laestab.clone())
+        };
+        accounts.push(Account {
+            email: format!("user@{laestab}.school.test"),
+            org,
+        });
+    }
+    accounts.extend(las.into_iter().map(|c| Account {
+        email: format!("user@{c}.la.test"),
+        org: Org::La(c),
+    }));
+    accounts.extend(trusts.into_iter().map(|u| Account {
+        email: format!("user@{u}.trust.test"),
+        org: Org::Trust(u),
+    }));
+    let mut pupils = Vec::new();
+    let mut r = csv::Reader::from_path(dir.join("pupils.csv"))?;
+    for rec in r.records() {
+        // upn, laestab, surname, forename, dob, ...
+        let rec = rec?;
+        pupils.push((rec[0].to_string(), rec[2].to_string(), rec[4].to_string()));
+    }
+    // Interleave kinds so every kind arrives throughout the sign-in window.
+    use rand::seq::SliceRandom;
+    accounts.shuffle(&mut rand::rng());
+    Ok((accounts, pupils))
+}
+
+/// Read each new mail in the outbox once, keeping the latest sign-in code per address.
+async fn watch_outbox(world: Arc<World>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut seq = 0u64;
+    loop {
+        if let Ok(dir) = std::fs::read_dir(&world.outbox) {
+            let mut new: Vec<(std::time::SystemTime, PathBuf)> = dir
+                .flatten()
+                .filter(|e| !seen.contains(&e.file_name()))
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            new.sort();
+            for (_, p) in new {
+                let Ok(text) = std::fs::read_to_string(&p) else {
+                    continue;
+                };
+                if !text.contains("\r\n\r\n") && !text.contains("\n\n") {
+                    continue; // still being written
+                }
+                seen.insert(p.file_name().unwrap_or_default().to_owned());
+                let to = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("To: "))
+                    .map(|t| t.trim().trim_matches(['<', '>']).to_lowercase());
+                let code = text.find("code is ").and_then(|i| text.get(i + 8..i + 14));
+                if let (Some(to), Some(code)) = (to, code) {
+                    seq += 1;
+                    world
+                        .codes
+                        .lock()
+                        .expect("codes")
+                        .insert(to, (seq, code.to_string()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Send one step's request, retrying 429 and 503 after their Retry-After; record the outcome.
+async fn step(
+    user: &mut GooseUser,
+    name: &'static str,
+    method: GooseMethod,
+    path: &str,
+    json: Option<&serde_json::Value>,
+    check: impl Fn(&[u8]) -> bool,
+) -> Result<bool, Box<TransactionError>> {
+    let w = world();
+    let mut retried = false;
+    for _ in 0..TRIES {
+        let during_sign_in = w.signing_in.load(Ordering::Relaxed) > 0;
+        let url = format!("{}{path}", user.base_url.as_str().trim_end_matches('/'));
+        let builder = match (&method, json) {
+            (GooseMethod::Post, Some(j)) => user.client.post(&url).json(j),
+            _ => user.client.get(&url),
+        };
+        let request = GooseRequest::builder()
+            .method(method.clone())
+            .path(path)
+            .name(name)
+            .set_request_builder(builder)
+            .build();
+        let start = Instant::now();
+        let goose = user.request(request).await?;
+        let Ok(resp) = goose.response else {
+            record(name, 0, None, false, retried);
+            return Ok(false);
+        };
+        let status = resp.status().as_u16();
+        let wait = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        let body = resp.bytes().await.unwrap_or_default();
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        if status == 429 || status == 503 {
+            record(name, status, None, false, retried);
+            retried = true;
+            tokio::time::sleep(Duration::from_secs(wait.clamp(1, 30))).await;
+            continue;
+        }
+        let ok = status == 200 && check(&body);
+        record(name, status, Some(ms), ok, retried);
+        if ok && during_sign_in && !name.starts_with("sign-in") && name != "results page" {
+            w.downloads_during_sign_in.lock().expect("lat").push(ms);
+        }
+        return Ok(ok);
+    }
+    Ok(false)
+}
+
+fn record(name: &'static str, status: u16, ms: Option<f64>, ok: bool, retried: bool) {
+    let mut steps = world().steps.lock().expect("steps");
+    let s = steps.entry(name).or_default();
+    *s.status.entry(status).or_default() += 1;
+    if status == 429 || status == 503 {
+        return; // not an outcome: the step goes on
+    }
+    if let Some(ms) = ms
+        && ok
+    {
+        s.latencies.push(ms);
+    }
+    if ok {
+        s.ok += 1;
+    } else {
+        s.failed += 1;
+    }
+    if retried {
+        s.retried += 1;
+        s.retried_ok += usize::from(ok);
+    }
+}
+
+/// Before 7:30: password, then the code from the outbox.
+async fn sign_in(user: &mut GooseUser) -> TransactionResult {
+    let w = world();
+    let account = w.accounts.lock().expect("accounts").pop();
+    let Some(account) = account else {
+        return Ok(());
+    };
+    w.signing_in.fetch_add(1, Ordering::Relaxed);
+    user.set_client_builder(client()).await?;
+    let email = account.email.clone();
+    let before = w
+        .codes
+        .lock()
+        .expect("codes")
+        .get(&email)
+        .map_or(0, |c| c.0);
+    let body = serde_json::json!({ "email": email, "password": PASSWORD });
+    let mut ok = step(
+        user,
+        "sign-in: password",
+        GooseMethod::Post,
+        "/api/v1/sign-in",
+        Some(&body),
+        |b| String::from_utf8_lossy(b).contains("\"mfa_required\":true"),
+    )
+    .await?;
+    if ok {
+        let mut code = None;
+        for _ in 0..1200 {
+            if let Some((seq, c)) = w.codes.lock().expect("codes").get(&email)
+                && *seq > before
+            {
+                code = Some(c.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ok = match code {
+            Some(code) => {
+                let body = serde_json::json!({ "code": code });
+                step(
+                    user,
+                    "sign-in: code",
+                    GooseMethod::Post,
+                    "/api/v1/sign-in/mfa",
+                    Some(&body),
+                    |_| true,
+                )
+                .await?
+            }
+            None => {
+                record("sign-in: code", 0, None, false, false);
+                false
+            }
+        };
+    }
+    w.signing_in.fetch_sub(1, Ordering::Relaxed);
+    if ok {
+        user.set_session_data(Session { account });
+    }
+    Ok(())
+}
+
+/// At 7:30: everything the organisation came for.
+async fn morning(user: &mut GooseUser) -> TransactionResult {
+    let w = world();
+    let Some(session) = user.get_session_data::<Session>() else {
+        return Ok(()); // sign-in failed: counted there
+    };
+    let account = session.account.clone();
+    tokio::time::sleep_until(tokio::time::Instant::from_std(w.opens)).await;
+    let csv = |b: &[u8]| b.starts_with(b"upn,") || b.starts_with(b"\xef\xbb\xbfupn,");
+    match &account.org {
+        Org::Ks2(l) => {
+            step(
+                user,
+                "school CSV",
+                GooseMethod::Get,
+                &format!("/api/v1/results/school/{l}.csv"),
+                None,
+                |b| !b.is_empty(),
+            )
+            .await?;
+            step(
+                user,
+                "school CTF",
+                GooseMethod::Get,
+                &format!("/api/v1/results/school/{l}.ctf"),
+                None,
+                |b| b.starts_with(b"<?xml"),
+            )
+            .await?;
+            step(
+                user,
+                "results page",
+                GooseMethod::Get,
+                "/results",
+                None,
+                |b| !b.is_empty(),
+            )
+            .await?;
+        }
+        Org::La(c) => {
+            step(
+                user,
+                "LA combined CSV",
+                GooseMethod::Get,
+                &format!("/api/v1/results/la/{c}.csv"),
+                None,
+                |b| !b.is_empty(),
+            )
+            .await?;
+            step(
+                user,
+                "results page",
+                GooseMethod::Get,
+                "/results",
+                None,
+                |b| !b.is_empty(),
+            )
+            .await?;
+        }
+        Org::Trust(u) => {
+            step(
+                user,
+                "trust combined CSV",
+                GooseMethod::Get,
+                &format!("/api/v1/results/trust/{u}.csv"),
+                None,
+                |b| !b.is_empty(),
+            )
+            .await?;
+        }
+        Org::Ks3(_) => {
+            use rand::seq::IndexedRandom;
+            let asked: Vec<serde_json::Value> = w
+                .pupils
+                .choose_multiple(&mut rand::rng(), w.ks3_pupils)
+                .map(|(upn, surname, dob)| serde_json::json!({ "upn": upn, "surname": surname, "dob": dob }))
+                .collect();
+            let want = asked.len();
+            let body = serde_json::Value::Array(asked);
+            step(
+                user,
+                "KS3 lookup",
+                GooseMethod::Post,
+                "/api/v1/results/ks3/lookup",
+                Some(&body),
+                move |b| {
+                    // Real pupils asked about with their own details: at most a row each
+                    // (pupils without published results have none).
+                    let lines = b.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
+                    let rows = lines.saturating_sub(1);
+                    w.ks3_matched.fetch_add(rows, Ordering::Relaxed);
+                    w.ks3_asked.fetch_add(want, Ordering::Relaxed);
+                    csv(b) && rows > 0 && rows <= want
+                },
+            )
+            .await?;
+        }
+    }
+    let done = w.opens.elapsed();
+    let mut last = w.last_done.lock().expect("last");
+    *last = (*last).max(done);
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Print and save the report; returns how many steps finally failed.
+fn summarise(
+    world: &World,
+    metrics: &GooseMetrics,
+    elapsed: Duration,
+    users: usize,
+    work: &Path,
+) -> anyhow::Result<usize> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let steps = world.steps.lock().expect("steps");
+    let requests: usize = metrics
+        .requests
+        .values()
+        .map(|r| r.success_count + r.fail_count)
+        .sum();
+    let (mut ok, mut failed, mut retried, mut retried_ok, mut s429, mut s503) = (0, 0, 0, 0, 0, 0);
+    writeln!(
+        out,
+        "{:<22} {:>7} {:>7} {:>6} {:>6} {:>9} {:>9} {:>9}",
+        "step", "ok", "failed", "429s", "503s", "p50 ms", "p95 ms", "p99 ms"
+    )?;
+    let mut names: Vec<_> = steps.keys().copied().collect();
+    names.sort();
+    for name in names {
+        let s = &steps[name];
+        let mut l = s.latencies.clone();
+        l.sort_by(f64::total_cmp);
+        let c429 = s.status.get(&429).copied().unwrap_or(0);
+        let c503 = s.status.get(&503).copied().unwrap_or(0);
+        writeln!(
+            out,
+            "{name:<22} {:>7} {:>7} {c429:>6} {c503:>6} {:>9.1} {:>9.1} {:>9.1}",
+            s.ok,
+            s.failed,
+            percentile(&l, 50.0),
+            percentile(&l, 95.0),
+            percentile(&l, 99.0)
+        )?;
+        ok += s.ok;
+        failed += s.failed;
+        retried += s.retried;
+        retried_ok += s.retried_ok;
+        s429 += c429;
+        s503 += c503;
+    }
+    let mut during = world.downloads_during_sign_in.lock().expect("lat").clone();
+    during.sort_by(f64::total_cmp);
+    writeln!(out)?;
+    writeln!(
+        out,
+        "organisations: {users}; steps: {ok} ok, {failed} failed; success rate {:.3}%",
+        100.0 * ok as f64 / (ok + failed).max(1) as f64
+    )?;
+    writeln!(
+        out,
+        "requests: {requests} in {:.1} s ({:.1}/s overall); 429: {s429}, 503: {s503}",
+        elapsed.as_secs_f64(),
+        requests as f64 / elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "retried steps: {retried}, of which finally succeeded: {retried_ok} ({})",
+        if retried == retried_ok {
+            "all"
+        } else {
+            "NOT all"
+        }
+    )?;
+    writeln!(
+        out,
+        "downloads while sign-ins were running: {} requests, p99 {:.1} ms (target < 50 ms)",
+        during.len(),
+        percentile(&during, 99.0)
+    )?;
+    writeln!(
+        out,
+        "every organisation had all its files {:.1} s after 7:30 (national target: 120 s)",
+        world.last_done.lock().expect("last").as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "goose report: {}",
+        work.join("goose-report.html").display()
+    )?;
+    print!("{out}");
+    std::fs::write(work.join("summary.txt"), &out)?;
+    Ok(failed)
 }
