@@ -497,9 +497,6 @@ pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
     audit_batch(db, &[(a, now)]).await
 }
 
-/// Many audit records in one transaction, 16 rows to a statement (the results plane's
-/// background writer: per-row statements cost a round trip to the database each, and
-/// SQLite's parameter lookup grows with the square of a statement's parameters).
 /// One access to pupil data (a download, a lookup, a page of results).
 #[derive(Debug)]
 pub struct Access {

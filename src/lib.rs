@@ -285,15 +285,7 @@ where
                     .cloned()
                     .unwrap_or_else(RequestIds::next);
                 resp.headers_mut().insert("x-request-id", id);
-                metrics::counter!(
-                    "nca_http_requests_total",
-                    "route" => results::FAST_ROUTE,
-                    "method" => "GET",
-                    "status" => resp.status().as_u16().to_string()
-                )
-                .increment(1);
-                metrics::histogram!("nca_http_request_seconds", "route" => results::FAST_ROUTE)
-                    .record(start.elapsed().as_secs_f64());
+                observe(results::FAST_ROUTE, "GET", resp.status(), start);
                 return Ok(security_headers(resp).await);
             }
             let req = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
@@ -311,12 +303,22 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let start = std::time::Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("nca_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    observe(route, method, resp.status(), start);
+    resp
+}
+
+/// Count a request and record its time, labelled by route template, method and status.
+fn observe(
+    route: impl Into<metrics::SharedString>,
+    method: impl Into<metrics::SharedString>,
+    status: StatusCode,
+    start: std::time::Instant,
+) {
+    let route = route.into();
+    metrics::counter!("nca_http_requests_total", "route" => route.clone(), "method" => method.into(), "status" => status.as_u16().to_string())
         .increment(1);
     metrics::histogram!("nca_http_request_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
-    resp
 }
 
 /// Ready when the database answers and the object store can be read.

@@ -553,10 +553,7 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
     let Ok(_permit) = state.gates.downloads.clone().try_acquire_owned() else {
         return Some(crate::protect::busy("download"));
     };
-    let ip = req
-        .extensions
-        .get::<ClientAddr>()
-        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.0.ip());
+    let ip = ClientAddr::ip_of(req.extensions.get::<ClientAddr>().copied().map(Extension));
     let plan = plan(state, &user, file, &req.headers, target);
     // Anything that must wait goes the long way before the rate limits count this request: a
     // miss (where concurrent misses coalesce into one read), or a full audit queue.

@@ -485,6 +485,16 @@ async fn step(
     Ok(false)
 }
 
+/// A GET step: `step` without a body.
+async fn get(
+    user: &mut GooseUser,
+    name: &'static str,
+    path: &str,
+    check: impl Fn(&[u8]) -> bool,
+) -> Result<bool, Box<TransactionError>> {
+    step(user, name, GooseMethod::Get, path, None, check).await
+}
+
 fn record(name: &'static str, status: u16, ms: Option<f64>, ok: bool, retried: bool) {
     let mut steps = world().steps.lock().expect("steps");
     let s = steps.entry(name).or_default();
@@ -582,61 +592,37 @@ async fn morning(user: &mut GooseUser) -> TransactionResult {
     let csv = |b: &[u8]| b.starts_with(b"upn,") || b.starts_with(b"\xef\xbb\xbfupn,");
     match &account.org {
         Org::Ks2(l) => {
-            step(
+            get(
                 user,
                 "school CSV",
-                GooseMethod::Get,
                 &format!("/api/v1/results/school/{l}.csv"),
-                None,
                 |b| !b.is_empty(),
             )
             .await?;
-            step(
+            get(
                 user,
                 "school CTF",
-                GooseMethod::Get,
                 &format!("/api/v1/results/school/{l}.ctf"),
-                None,
                 |b| b.starts_with(b"<?xml"),
             )
             .await?;
-            step(
-                user,
-                "results page",
-                GooseMethod::Get,
-                "/results",
-                None,
-                |b| !b.is_empty(),
-            )
-            .await?;
+            get(user, "results page", "/results", |b| !b.is_empty()).await?;
         }
         Org::La(c) => {
-            step(
+            get(
                 user,
                 "LA combined CSV",
-                GooseMethod::Get,
                 &format!("/api/v1/results/la/{c}.csv"),
-                None,
                 |b| !b.is_empty(),
             )
             .await?;
-            step(
-                user,
-                "results page",
-                GooseMethod::Get,
-                "/results",
-                None,
-                |b| !b.is_empty(),
-            )
-            .await?;
+            get(user, "results page", "/results", |b| !b.is_empty()).await?;
         }
         Org::Trust(u) => {
-            step(
+            get(
                 user,
                 "trust combined CSV",
-                GooseMethod::Get,
                 &format!("/api/v1/results/trust/{u}.csv"),
-                None,
                 |b| !b.is_empty(),
             )
             .await?;

@@ -105,25 +105,27 @@ fn cookie(name: &'static str, value: String, max_age: Option<i64>) -> Cookie<'st
 /// back when the handler replaced it or the last-seen time needs moving on.
 pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let now = state.clock.now();
-    let idle = state.settings.auth.idle_minutes * 60;
     let decoded = decode(&state, req.headers());
     let had_cookie = decoded.is_some();
     let mut data = decoded.unwrap_or_else(SessionData::fresh);
     let mut timed_out = false;
     let mut changed = !had_cookie;
+    let mut due = false;
     if let Some(u) = &data.user {
-        if now - u.seen > idle {
-            timed_out = true;
-        }
-        if timed_out || state.revocations.revoked(&u.uid, u.iat) {
-            data.user = None;
-            changed = true;
+        match standing(&state, u, now) {
+            Standing::Ended { idle } => {
+                timed_out = idle;
+                data.user = None;
+                changed = true;
+            }
+            Standing::Due => due = true,
+            Standing::Current => {}
         }
     }
     // Keep-alive and page views move "last seen" on; re-issue at most once a minute.
     let keepalive = req.uri().path() == "/session/keepalive";
     if let Some(u) = &mut data.user
-        && (now - u.seen >= 60 || keepalive)
+        && (due || keepalive)
     {
         u.seen = now;
         changed = true;
@@ -166,6 +168,29 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     resp
 }
 
+/// Where a signed-in session stands at a moment.
+enum Standing {
+    /// Nothing to write back.
+    Current,
+    /// Still valid; "last seen" is a minute or more old, so the cookie is re-issued.
+    Due,
+    /// Ended: idle past the limit (`idle`), or revoked.
+    Ended { idle: bool },
+}
+
+fn standing(state: &AppState, u: &SignedIn, now: i64) -> Standing {
+    let since = now - u.seen;
+    if since > state.settings.auth.idle_minutes * 60 {
+        Standing::Ended { idle: true }
+    } else if state.revocations.revoked(&u.uid, u.iat) {
+        Standing::Ended { idle: false }
+    } else if since >= 60 {
+        Standing::Due
+    } else {
+        Standing::Current
+    }
+}
+
 /// The session in a request's cookie, if it has one this server wrote.
 fn decode(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SessionData> {
     PrivateCookieJar::from_headers(headers, state.key.clone())
@@ -178,9 +203,8 @@ fn decode(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SessionDa
 /// re-issued or its password must change: the full middleware handles all of those.
 pub fn signed_in_as_is(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SignedIn> {
     let u = decode(state, headers)?.user?;
-    let since = state.clock.now() - u.seen;
-    let fresh = since < 60 && since <= state.settings.auth.idle_minutes * 60;
-    (fresh && !u.must_change && !state.revocations.revoked(&u.uid, u.iat)).then_some(u)
+    let current = matches!(standing(state, &u, state.clock.now()), Standing::Current);
+    (current && !u.must_change).then_some(u)
 }
 
 /// The device cookie's value, if this browser has one.
