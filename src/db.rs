@@ -599,3 +599,120 @@ pub async fn audit_rows(
         })
         .collect())
 }
+
+/// Claim the job of telling an organisation about a release; true for exactly one caller.
+pub async fn claim_release_notice(
+    db: &Db,
+    release_id: &str,
+    org_id: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO release_notices (release_id, org_id, sent_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (release_id, org_id) DO NOTHING",
+    )
+    .bind(release_id)
+    .bind(org_id)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// An organisation API token as stored (the secret itself is never kept).
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+fn api_token(r: &sqlx::any::AnyRow) -> ApiToken {
+    ApiToken {
+        id: r.get("id"),
+        org_id: r.get("org_id"),
+        name: r.get("name"),
+        created_by: r.get("created_by"),
+        created_at: r.get("created_at"),
+        last_used_at: r.get("last_used_at"),
+        revoked_at: r.get("revoked_at"),
+    }
+}
+
+const API_TOKEN_COLUMNS: &str =
+    "id, org_id, name, created_by, created_at, last_used_at, revoked_at";
+
+pub async fn insert_api_token(db: &Db, t: &ApiToken, hash: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, hash, org_id, name, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&t.id)
+    .bind(hash)
+    .bind(&t.org_id)
+    .bind(&t.name)
+    .bind(&t.created_by)
+    .bind(t.created_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An organisation's tokens, newest first.
+pub async fn api_tokens(db: &Db, org_id: &str) -> sqlx::Result<Vec<ApiToken>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE org_id = $1 ORDER BY created_at DESC, id"
+    ))
+    .bind(org_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(api_token).collect())
+}
+
+/// The token with this hash, noting that it was used now.
+pub async fn api_token_by_hash(db: &Db, hash: &str, now: i64) -> sqlx::Result<Option<ApiToken>> {
+    let row = sqlx::query(&format!(
+        "SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE hash = $1"
+    ))
+    .bind(hash)
+    .fetch_optional(db)
+    .await?;
+    let Some(t) = row.as_ref().map(api_token) else {
+        return Ok(None);
+    };
+    if t.revoked_at.is_none() {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+            .bind(&t.id)
+            .bind(now)
+            .execute(db)
+            .await?;
+    }
+    Ok(Some(t))
+}
+
+/// Revoke one of an organisation's tokens; true if it was live.
+pub async fn revoke_api_token(db: &Db, id: &str, org_id: &str, now: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = $3 WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(org_id)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Give up a claim whose notice could not be sent, so the next attempt sends it.
+pub async fn unclaim_release_notice(db: &Db, release_id: &str, org_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM release_notices WHERE release_id = $1 AND org_id = $2")
+        .bind(release_id)
+        .bind(org_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}

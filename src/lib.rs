@@ -10,10 +10,12 @@ pub mod db;
 pub mod email;
 pub mod error;
 pub mod http;
+pub mod ks3;
 pub mod orgs;
 pub mod portal;
 pub mod protect;
 pub mod results;
+pub mod results_pages;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -148,10 +150,15 @@ pub fn router(state: AppState) -> Router {
     let timeout = std::time::Duration::from_secs(state.settings.server.request_timeout_secs);
     let gates = state.gates.clone();
     Router::new()
-        .merge(portal::routes().route_layer(middleware::from_fn_with_state(
-            gates.clone(),
-            protect::admit_page,
-        )))
+        .merge(
+            portal::routes()
+                .merge(results_pages::routes())
+                .merge(ks3::routes())
+                .route_layer(middleware::from_fn_with_state(
+                    gates.clone(),
+                    protect::admit_page,
+                )),
+        )
         .merge(api::routes())
         .merge(
             results::routes().route_layer(middleware::from_fn_with_state(

@@ -33,7 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/forgotten-password", get(forgotten_page).post(forgotten))
         .route("/set-password", get(set_password_page).post(set_password))
         .route("/account", get(account))
-        .route("/results", get(results_page))
         .route(
             "/account/password",
             get(change_password_page).post(change_password),
@@ -50,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/session/keepalive", post(keepalive))
         .route("/assets/portal.css", get(css))
         .route("/assets/session.js", get(js))
+        .route("/assets/print.js", get(print_js))
 }
 
 // ---------- templates ----------
@@ -118,29 +118,42 @@ pub struct FormPage {
 
 #[derive(Debug, Default)]
 pub struct Row {
-    cells: Vec<String>,
-    links: Vec<(String, String)>,
+    pub cells: Vec<String>,
+    pub links: Vec<(String, String)>,
+}
+
+/// A headed part of a page: paragraphs, a table and links.
+#[derive(Debug, Default)]
+pub struct Section {
+    pub heading: String,
+    pub paragraphs: Vec<String>,
+    pub head: Vec<String>,
+    pub rows: Vec<Row>,
+    pub links: Vec<(String, String)>,
 }
 
 #[derive(Template, Default)]
 #[template(path = "page.html")]
 pub struct Page {
-    title: String,
-    errors: Vec<(String, String)>,
-    notice: Option<String>,
-    user: Option<SignedIn>,
-    csrf: String,
-    idle_seconds: i64,
-    warning_seconds: i64,
-    paragraphs: Vec<String>,
-    table_head: Vec<String>,
-    table_rows: Vec<Row>,
-    links: Vec<(String, String)>,
+    pub title: String,
+    pub errors: Vec<(String, String)>,
+    pub notice: Option<String>,
+    pub user: Option<SignedIn>,
+    pub csrf: String,
+    pub idle_seconds: i64,
+    pub warning_seconds: i64,
+    pub paragraphs: Vec<String>,
+    pub table_head: Vec<String>,
+    pub table_rows: Vec<Row>,
+    pub links: Vec<(String, String)>,
+    pub sections: Vec<Section>,
+    /// A search box (GET, parameter `q`) with its current text.
+    pub search: Option<String>,
     /// Reload the page after this many seconds (the results countdown).
-    refresh: Option<i64>,
+    pub refresh: Option<i64>,
 }
 
-fn render(status: StatusCode, t: &impl Template) -> Response {
+pub fn render(status: StatusCode, t: &impl Template) -> Response {
     match t.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => AppError::Unexpected(e.into()).into_response(),
@@ -184,7 +197,7 @@ impl FormPage {
 }
 
 impl Page {
-    fn new(state: &AppState, s: &Signed, title: &str) -> Page {
+    pub fn new(state: &AppState, s: &Signed, title: &str) -> Page {
         Page {
             title: title.into(),
             user: Some(s.user.clone()),
@@ -1317,182 +1330,35 @@ async fn switch(
 
 // ---------- assets ----------
 
-async fn css() -> impl IntoResponse {
+/// A static asset, cached by browsers for an hour.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
         include_str!("../assets/portal.css"),
     )
 }
 
-async fn js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
         include_str!("../assets/session.js"),
     )
 }
 
-// ---------- results ----------
-
-/// The results page: before the opening time a countdown that reloads itself and opens at the
-/// time (users sign in and pass MFA early, then wait here); after it, a school's pupils and
-/// downloads, or an LA's or trust's schools.
-async fn results_page(State(state): State<AppState>, s: Signed) -> Result<Response, AppError> {
-    s.require(Action::ViewResults)?;
-    let mut p = Page::new(&state, &s, "KS2 test results");
-    let Some(release) = state.results.release() else {
-        p.paragraphs = vec!["No results have been published yet.".into()];
-        return Ok(render(StatusCode::OK, &p));
-    };
-    let now = state.clock.now();
-    let opens = release.manifest.opens_at.unix_timestamp();
-    if now < opens && s.user.kind != OrgKind::Operator {
-        let left = opens - now;
-        let at = jiff::Timestamp::from_second(opens)
-            .map(|t| {
-                t.to_zoned(state.tz.clone())
-                    .strftime("%-H:%M on %A %-d %B %Y")
-                    .to_string()
-            })
-            .unwrap_or_default();
-        p.title = "Your results are not available yet".into();
-        p.paragraphs = vec![
-            format!("Results open at {at}."),
-            format!(
-                "Time remaining: {} hours {} minutes {} seconds. This page updates itself and opens your results at that time: you do not need to sign in again.",
-                left / 3600,
-                left % 3600 / 60,
-                left % 60
-            ),
-        ];
-        // Reload at the opening time, and at least every minute meanwhile (which also keeps
-        // the session alive while the user waits).
-        p.refresh = Some(left.clamp(1, 60));
-        return Ok(render(StatusCode::OK, &p));
-    }
-    let school_links = |l: &str| {
-        vec![
-            (
-                format!("/api/v1/results/school/{l}.csv"),
-                format!("Download {l} results (CSV)"),
-            ),
-            (
-                format!("/api/v1/results/school/{l}.ctf"),
-                format!("Download {l} CTF"),
-            ),
-        ]
-    };
-    match s.user.kind {
-        OrgKind::Ks2School => {
-            let path = nca_pipeline::store::layout::school_csv(&s.user.org);
-            let csv = state.results.object(&release, &path).await?;
-            let Some(csv) = csv else {
-                p.paragraphs = vec!["There are no results for your school in this release.".into()];
-                return Ok(render(StatusCode::OK, &p));
-            };
-            let mut rdr = csv::ReaderBuilder::new().from_reader(csv.as_ref());
-            p.table_head = [
-                "UPN",
-                "Name",
-                "Reading",
-                "GPS",
-                "Maths",
-                "Writing TA",
-                "Science TA",
-                "RWM",
-            ]
-            .map(String::from)
-            .to_vec();
-            for rec in rdr.records().flatten() {
-                let g = |i: usize| rec.get(i).unwrap_or("").to_string();
-                let subject = |raw: usize| {
-                    let (r, result, met) = (g(raw), g(raw + 1), g(raw + 2));
-                    if r.is_empty() {
-                        result
-                    } else {
-                        format!(
-                            "{r} raw, {result}{}",
-                            if met == "Y" {
-                                " (expected standard)"
-                            } else {
-                                ""
-                            }
-                        )
-                    }
-                };
-                p.table_rows.push(Row {
-                    cells: vec![
-                        g(0),
-                        format!("{} {}", g(2), g(1)),
-                        subject(5),
-                        subject(9),
-                        subject(13),
-                        g(17),
-                        g(18),
-                        g(19),
-                    ],
-                    links: vec![],
-                });
-            }
-            p.paragraphs = vec![format!(
-                "{} pupils. Results are scaled scores (80 to 120); a code such as A (absent) or B (working below the standard) is shown where no score was awarded.",
-                p.table_rows.len()
-            )];
-            p.links = school_links(&s.user.org);
-        }
-        OrgKind::La | OrgKind::Mat | OrgKind::Operator => {
-            let mine = |la: &str, trust: &Option<String>| match s.user.kind {
-                OrgKind::La => la == s.user.org,
-                OrgKind::Mat => trust.as_deref() == Some(s.user.org.as_str()),
-                _ => true,
-            };
-            let mut schools: Vec<&String> = release
-                .schools
-                .iter()
-                .filter(|(_, (la, trust))| mine(la, trust))
-                .map(|(l, _)| l)
-                .collect();
-            schools.sort();
-            p.table_head = vec!["School (DfE number)".into(), "Downloads".into()];
-            p.table_rows = schools
-                .iter()
-                .take(500)
-                .map(|l| Row {
-                    cells: vec![l.to_string()],
-                    links: school_links(l),
-                })
-                .collect();
-            p.links = match s.user.kind {
-                OrgKind::La => vec![(
-                    format!("/api/v1/results/la/{}.csv", s.user.org),
-                    "Download all your schools' results (CSV)".into(),
-                )],
-                OrgKind::Mat => vec![(
-                    format!("/api/v1/results/trust/{}.csv", s.user.org),
-                    "Download all your academies' results (CSV)".into(),
-                )],
-                _ => vec![],
-            };
-            p.paragraphs = vec![format!("{} schools.", schools.len())];
-        }
-        OrgKind::Ks3School => return Err(AppError::Forbidden),
-    }
-    db::audit(
-        &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&s.user.org),
-            action: "results-viewed",
-            target: Some(&release.id),
-            ..Default::default()
-        },
-        now,
+async fn print_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/print.js"),
     )
-    .await?;
-    Ok(render(StatusCode::OK, &p))
 }

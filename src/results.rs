@@ -10,12 +10,13 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use nca_pipeline::outputs::Organisations;
+use nca_pipeline::outputs::{Organisations, Summaries};
+use nca_pipeline::publish::{Changes, PupilChange};
 use nca_pipeline::store::{Manifest, Store, layout};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,6 +26,7 @@ use crate::auth::roles::{Action, OrgKind};
 use crate::auth::session::{Signed, SignedIn};
 use crate::db;
 use crate::http::ClientAddr;
+use crate::ks3::{Closed, Ks3Query, MAX_PUPILS as KS3_MAX_PUPILS};
 
 /// A loaded release: its manifest and which LA and trust each school belongs to.
 #[derive(Debug)]
@@ -35,6 +37,12 @@ pub struct Release {
     pub schools: HashMap<String, (String, Option<String>)>,
     /// UPN -> the pupils' identities and CSV lines, for KS3 lookups.
     pub pupils: HashMap<String, Vec<Ks3Entry>>,
+    /// Names by laestab (schools), LA code and trust UID, for the pages.
+    pub names: HashMap<String, String>,
+    /// Each school's, LA's and trust's summary and the national one.
+    pub summaries: Summaries,
+    /// Late results: what changed since the previous release, by laestab.
+    pub changes: HashMap<String, Vec<PupilChange>>,
 }
 
 /// One pupil in the KS3 lookup index.
@@ -94,6 +102,8 @@ pub struct Results {
     current: RwLock<Option<Arc<Release>>>,
     cache: moka::future::Cache<(String, String), Bytes>,
     hits: std::sync::atomic::AtomicU64,
+    /// The release whose late-results emails have all been sent (or claimed by another node).
+    told: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Results {
@@ -115,6 +125,7 @@ impl Results {
                 .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .build(),
             hits: std::sync::atomic::AtomicU64::new(0),
+            told: std::sync::Mutex::new(None),
         }
     }
 
@@ -137,11 +148,40 @@ impl Results {
             .get_release_object(&id, layout::ORGANISATIONS)
             .await?;
         let orgs: Organisations = serde_json::from_slice(&orgs_bytes)?;
+        let names = orgs
+            .las
+            .iter()
+            .map(|l| (l.code.clone(), l.name.clone()))
+            .chain(orgs.trusts.iter().map(|t| (t.uid.clone(), t.name.clone())))
+            .chain(
+                orgs.schools
+                    .iter()
+                    .map(|s| (s.laestab.clone(), s.name.clone())),
+            )
+            .collect();
         let schools = orgs
             .schools
             .into_iter()
             .map(|s| (s.laestab, (s.la_code, s.trust_uid)))
             .collect();
+        let summaries: Summaries = serde_json::from_slice(
+            &self
+                .store
+                .get_release_object(&id, layout::SUMMARIES)
+                .await?,
+        )?;
+        let changes: HashMap<String, Vec<PupilChange>> =
+            if manifest.objects.contains_key(layout::CHANGES) {
+                let c: Changes = serde_json::from_slice(
+                    &self.store.get_release_object(&id, layout::CHANGES).await?,
+                )?;
+                c.schools
+                    .into_iter()
+                    .map(|s| (s.laestab, s.pupils))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
         let pupils = match self.store.get_release_object(&id, layout::UPN_INDEX).await {
             Ok(b) => read_upn_index(b)?,
             Err(e) => {
@@ -154,6 +194,9 @@ impl Results {
             manifest,
             schools,
             pupils,
+            names,
+            summaries,
+            changes,
         });
         *self.current.write().expect("release lock poisoned") = Some(release);
         tracing::info!(release = %id, "release loaded");
@@ -203,7 +246,8 @@ impl Results {
     }
 }
 
-/// Keep the loaded release in step with the store's `CURRENT`.
+/// Keep the loaded release in step with the store's `CURRENT`, and tell schools whose
+/// results a new release changed.
 pub fn spawn_watch(state: AppState) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -212,8 +256,96 @@ pub fn spawn_watch(state: AppState) {
             if let Err(e) = state.results.refresh().await {
                 tracing::warn!(error = %e, "loading the current release");
             }
+            if let Err(e) = notify_late_results(&state).await {
+                tracing::warn!(error = %e, "telling schools about late results");
+            }
         }
     });
+}
+
+/// Late results: once the current release is open, email the account managers of every
+/// school whose results it changed (once per school and release, whichever node gets there
+/// first). The email names no pupils; the results page says what changed. Returns how many
+/// schools this call told.
+pub async fn notify_late_results(state: &AppState) -> anyhow::Result<usize> {
+    let Some(release) = state.results.release() else {
+        return Ok(0);
+    };
+    let done = |id: &str| state.results.told.lock().expect("told poisoned").as_deref() == Some(id);
+    let now = state.clock.now();
+    if release.changes.is_empty()
+        || done(&release.id)
+        || now < release.manifest.opens_at.unix_timestamp()
+    {
+        return Ok(0);
+    }
+    let mut schools: Vec<(&String, usize)> =
+        release.changes.iter().map(|(l, c)| (l, c.len())).collect();
+    schools.sort();
+    let mut told = 0;
+    for (laestab, pupils) in schools {
+        if !db::claim_release_notice(&state.db, &release.id, laestab, now).await? {
+            continue;
+        }
+        let sent = tell_school(state, &release, laestab, pupils).await;
+        if let Err(e) = sent {
+            db::unclaim_release_notice(&state.db, &release.id, laestab).await?;
+            return Err(e);
+        }
+        told += 1;
+    }
+    *state.results.told.lock().expect("told poisoned") = Some(release.id.clone());
+    Ok(told)
+}
+
+async fn tell_school(
+    state: &AppState,
+    release: &Release,
+    laestab: &str,
+    pupils: usize,
+) -> anyhow::Result<()> {
+    let name = release.names.get(laestab).map_or(laestab, String::as_str);
+    let managers: Vec<String> = db::members(&state.db, laestab)
+        .await?
+        .into_iter()
+        .filter(|m| m.active && m.roles.has(crate::auth::roles::Role::AccountManager))
+        .map(|m| m.email)
+        .collect();
+    // Short lines, so the message travels as plain 7-bit text.
+    let body = format!(
+        "The key stage 2 results of {name} ({laestab}) have been updated.\n\n\
+         {pupils} pupils' results changed in the latest release.\n\n\
+         Sign in to the NCA Portal to see what changed and to download\n\
+         the updated files:\n{}/results\n\n\
+         This email does not name pupils, to keep their data safe.\n",
+        state.public_url
+    );
+    for to in &managers {
+        state
+            .mailer
+            .send(
+                to,
+                "Your school's key stage 2 results have been updated",
+                &body,
+            )
+            .await?;
+    }
+    db::audit(
+        &state.db,
+        db::Audit {
+            action: "late-results-notified",
+            org_id: Some(laestab),
+            target: Some(&release.id),
+            detail: format!(
+                "{pupils} pupils changed; {} account managers emailed",
+                managers.len()
+            ),
+            ..Default::default()
+        },
+        state.clock.now(),
+    )
+    .await?;
+    Ok(())
 }
 
 pub fn routes() -> Router<AppState> {
@@ -244,7 +376,7 @@ fn not_open_yet(at: time::OffsetDateTime, message: &str) -> Response {
 }
 
 /// Who may see a school's results: the school, its LA, its trust, the operator.
-fn may_see_school(user: &SignedIn, release: &Release, laestab: &str) -> bool {
+pub(crate) fn may_see_school(user: &SignedIn, release: &Release, laestab: &str) -> bool {
     let Some((la, trust)) = release.schools.get(laestab) else {
         return false;
     };
@@ -270,9 +402,256 @@ async fn school(
     s: Signed,
     addr: Addr,
     Path(file): Path<String>,
+    Query(variant): Query<CsvVariant>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(laestab) = file.strip_suffix("-summary.csv") {
+        return derived(&state, &s, addr, laestab, &headers, Derived::Summary).await;
+    }
+    if variant.subject.is_some() || variant.ta.is_some() {
+        let Some(laestab) = file.strip_suffix(".csv") else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "subject and ta apply only to a school's CSV download",
+            );
+        };
+        return match variant.derived() {
+            Ok(d) => derived(&state, &s, addr, laestab, &headers, d).await,
+            Err(message) => error(StatusCode::BAD_REQUEST, message),
+        };
+    }
     download(&state, &s, addr, &file, &headers, Target::School).await
+}
+
+/// `?subject=reading|gps|maths` and `?ta=no` on a school's CSV download.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CsvVariant {
+    subject: Option<String>,
+    ta: Option<String>,
+}
+
+/// Downloads made on request from a release's data: rarely asked for, small, and cheap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Derived {
+    /// The school's summary beside its LA's, its trust's and the national one.
+    Summary,
+    /// The school's CSV with one subject's columns, or without the TA columns.
+    Columns {
+        subject: Option<&'static str>,
+        ta: bool,
+    },
+}
+
+impl CsvVariant {
+    fn derived(&self) -> Result<Derived, &'static str> {
+        let subject = match self.subject.as_deref().map(str::trim) {
+            None | Some("" | "all") => None,
+            Some("reading") => Some("reading"),
+            Some("gps") => Some("gps"),
+            Some("maths") => Some("maths"),
+            Some(_) => return Err("subject must be reading, gps or maths"),
+        };
+        let ta = match self.ta.as_deref().map(str::trim) {
+            None | Some("" | "yes" | "true") => true,
+            Some("no" | "false") => false,
+            Some(_) => return Err("ta must be yes or no"),
+        };
+        Ok(Derived::Columns { subject, ta })
+    }
+}
+
+/// The identity columns every variant of the school CSV keeps.
+const IDENTITY: [&str; 5] = ["upn", "surname", "forename", "dob", "gender"];
+
+/// A school CSV cut down to one subject's columns, or without the TA columns.
+pub fn select_columns(csv: &[u8], subject: Option<&str>, ta: bool) -> anyhow::Result<Vec<u8>> {
+    let mut rdr = csv::ReaderBuilder::new().from_reader(csv);
+    let header = rdr.headers()?.clone();
+    let keep: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| match subject {
+            Some(sub) => IDENTITY.contains(h) || h.split('_').next() == Some(sub),
+            None => ta || !h.ends_with("_ta"),
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::with_capacity(csv.len()));
+    w.write_record(keep.iter().map(|&i| &header[i]))?;
+    for rec in rdr.records() {
+        let rec = rec?;
+        w.write_record(keep.iter().map(|&i| rec.get(i).unwrap_or("")))?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// A school's summary beside its LA's, its trust's (if any) and England's.
+pub fn summary_csv(release: &Release, laestab: &str) -> Vec<u8> {
+    use nca_pipeline::outputs::{EOL, Summary};
+    let mut out = String::from("group,code,name,pupils");
+    for s in ["reading", "gps", "maths"] {
+        out.push_str(&format!(",{s}_pct_met,{s}_pct_high,{s}_average_scaled"));
+    }
+    out.push_str(",rwm_pct_met");
+    out.push_str(EOL);
+    let num = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_default();
+    let mut row = |group: &str, code: &str, sum: Option<&Summary>| {
+        let Some(sum) = sum else { return };
+        let name = match group {
+            "england" => "England",
+            _ => release.names.get(code).map_or(code, String::as_str),
+        };
+        let mut field = String::new();
+        nca_pipeline::outputs::push_field(&mut field, name);
+        out.push_str(&format!("{group},{code},{field},{}", sum.pupils));
+        for t in [&sum.reading, &sum.gps, &sum.maths] {
+            out.push_str(&format!(
+                ",{},{},{}",
+                num(t.pct_met),
+                num(t.pct_high),
+                num(t.average_scaled)
+            ));
+        }
+        out.push_str(&format!(",{}{EOL}", num(sum.rwm.pct_met)));
+    };
+    let sums = &release.summaries;
+    row("school", laestab, sums.schools.get(laestab));
+    if let Some((la, trust)) = release.schools.get(laestab) {
+        row("la", la, sums.las.get(la));
+        if let Some(t) = trust {
+            row("trust", t, sums.trusts.get(t));
+        }
+    }
+    row("england", "E92000001", Some(&sums.national));
+    out.into_bytes()
+}
+
+async fn derived(
+    state: &AppState,
+    s: &Signed,
+    addr: Addr,
+    laestab: &str,
+    headers: &HeaderMap,
+    d: Derived,
+) -> Response {
+    if let Err(wait) = state
+        .limits
+        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
+    {
+        return crate::protect::too_many(wait);
+    }
+    let release = match opened(state, &s.user) {
+        Ok(r) => r,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !may_see_school(&s.user, &release, laestab) {
+        return Refusal::Error(
+            StatusCode::FORBIDDEN,
+            "these results belong to another organisation",
+        )
+        .into_response();
+    }
+    let (bytes, name) = match d {
+        Derived::Summary => (
+            Bytes::from(summary_csv(&release, laestab)),
+            format!("{laestab}-summary.csv"),
+        ),
+        Derived::Columns { subject, ta } => {
+            let full = match state
+                .results
+                .object(&release, &layout::school_csv(laestab))
+                .await
+            {
+                Ok(Some(b)) => b,
+                Ok(None) => return error(StatusCode::NOT_FOUND, "no such download"),
+                Err(e) => return unavailable(&e, &layout::school_csv(laestab)),
+            };
+            match select_columns(&full, subject, ta) {
+                Ok(b) => (
+                    Bytes::from(b),
+                    format!(
+                        "{laestab}{}{}.csv",
+                        subject.map(|s| format!("-{s}")).unwrap_or_default(),
+                        if ta { "" } else { "-without-ta" }
+                    ),
+                ),
+                Err(e) => return unavailable(&e, &layout::school_csv(laestab)),
+            }
+        }
+    };
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]);
+    let event = AuditEvent {
+        action: "results-download",
+        actor: s.user.email.clone(),
+        org_id: s.user.org.clone(),
+        target: format!("{}/school/{name}", release.id),
+        at: state.clock.now(),
+    };
+    if state.audit_tx.send(event).await.is_err() {
+        tracing::error!("audit writer stopped: a download was not recorded");
+    }
+    let body = (!if_none_match(headers, &etag)).then_some(bytes);
+    attachment(body, "text/csv; charset=utf-8", None, &name, &etag)
+}
+
+/// 503 with Retry-After when a release object cannot be read (logged with its path).
+fn unavailable(e: &anyhow::Error, path: &str) -> Response {
+    tracing::error!(error = %e, path, "reading a release object");
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "results are briefly unavailable: try again",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+/// Whether If-None-Match names this ETag.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
+/// A download's response: the bytes (None for 304 Not Modified) with its headers.
+fn attachment(
+    bytes: Option<Bytes>,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    filename: &str,
+    etag: &str,
+) -> Response {
+    let mut r = match bytes {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if let Some(enc) = encoding {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            r
+        }
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept-Encoding, Cookie"),
+    );
+    r
 }
 
 async fn la(
@@ -293,6 +672,29 @@ async fn trust(
     headers: HeaderMap,
 ) -> Response {
     download(&state, &s, addr, &file, &headers, Target::Trust).await
+}
+
+/// The release a user may read results from now: they have the permission, a release is
+/// loaded, and (unless they are the operator) their opening time has passed.
+pub(crate) fn opened(state: &AppState, user: &SignedIn) -> Result<Arc<Release>, Refusal> {
+    if !user.may(Action::ViewResults) {
+        return Err(Refusal::Error(
+            StatusCode::FORBIDDEN,
+            "your account does not have permission to view results",
+        ));
+    }
+    let Some(release) = state.results.release() else {
+        return Err(Refusal::Error(
+            StatusCode::NOT_FOUND,
+            "no results have been published",
+        ));
+    };
+    let now = state.clock.now();
+    let opens = release.manifest.opens_at.unix_timestamp();
+    if now < opens && user.kind != OrgKind::Operator {
+        return Err(Refusal::NotOpen(release.manifest.opens_at));
+    }
+    Ok(release)
 }
 
 /// Everything decided about a download before any bytes are fetched.
@@ -317,26 +719,18 @@ fn plan(
     headers: &HeaderMap,
     target: fn(String) -> Target,
 ) -> Result<Plan, Refusal> {
-    if !user.may(Action::ViewResults) {
-        return Err(Refusal::Error(
-            StatusCode::FORBIDDEN,
-            "your account does not have permission to view results",
-        ));
-    }
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
-    let Some(release) = state.results.release() else {
-        return Err(Refusal::Error(
-            StatusCode::NOT_FOUND,
-            "no results have been published",
-        ));
-    };
-    let now = state.clock.now();
-    let opens = release.manifest.opens_at.unix_timestamp();
-    if now < opens && user.kind != OrgKind::Operator {
-        return Err(Refusal::NotOpen(release.manifest.opens_at));
-    }
+    let release = opened(state, user)?;
     let t = target(name.to_string());
     let (path, allowed, content_type) = match (&t, ext) {
+        (Target::School(l), "csv") if l.ends_with("-qla") => {
+            let l = l.trim_end_matches("-qla");
+            (
+                layout::school_qla(l),
+                may_see_school(user, &release, l),
+                "text/csv; charset=utf-8",
+            )
+        }
         (Target::School(l), "csv") => (
             layout::school_csv(l),
             may_see_school(user, &release, l),
@@ -399,10 +793,7 @@ fn plan(
     };
     let sha = &release.manifest.objects[&chosen].sha256;
     let etag = format!("\"{}\"", &sha[..32]);
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let not_modified = if_none_match(headers, &etag);
     Ok(Plan {
         release,
         path,
@@ -415,7 +806,7 @@ fn plan(
 }
 
 /// Why a download is refused (small, so plans pass cheaply; made a response only when sent).
-enum Refusal {
+pub(crate) enum Refusal {
     Error(StatusCode, &'static str),
     NotOpen(time::OffsetDateTime),
 }
@@ -432,41 +823,14 @@ impl IntoResponse for Refusal {
 impl Plan {
     /// The response: the file's bytes (None for 304 Not Modified) with its headers.
     fn respond(&self, bytes: Option<Bytes>) -> Response {
-        let mut r = match bytes {
-            None => StatusCode::NOT_MODIFIED.into_response(),
-            Some(bytes) => {
-                let mut r = Response::new(Body::from(bytes));
-                let h = r.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(self.content_type),
-                );
-                if let Some(enc) = self.encoding {
-                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
-                }
-                let filename = self.path.rsplit('/').next().unwrap_or("results.csv");
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
-                {
-                    h.insert(header::CONTENT_DISPOSITION, v);
-                }
-                r
-            }
-        };
-        let h = r.headers_mut();
-        h.insert(
-            header::ETAG,
-            HeaderValue::from_str(&self.etag).expect("hex etag"),
-        );
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-cache"),
-        );
-        h.insert(
-            header::VARY,
-            HeaderValue::from_static("Accept-Encoding, Cookie"),
-        );
-        r
+        let filename = self.path.rsplit('/').next().unwrap_or("results.csv");
+        attachment(
+            bytes,
+            self.content_type,
+            self.encoding,
+            filename,
+            &self.etag,
+        )
     }
 
     fn audit_event(&self, state: &AppState, user: &SignedIn) -> AuditEvent {
@@ -513,16 +877,7 @@ async fn download(
     match state.results.object(&plan.release, &plan.chosen).await {
         Ok(Some(bytes)) => plan.respond(Some(bytes)),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such download"),
-        Err(e) => {
-            tracing::error!(error = %e, path = %plan.chosen, "reading a release object");
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "results are briefly unavailable: try again",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
+        Err(e) => unavailable(&e, &plan.chosen),
     }
 }
 
@@ -546,7 +901,12 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
         "trust" => Target::Trust,
         _ => return None,
     };
-    if file.contains('/') || file.contains('%') {
+    // Variants made on request (a query, a summary) go the long way.
+    if file.contains('/')
+        || file.contains('%')
+        || file.contains("-summary")
+        || req.uri.query().is_some()
+    {
         return None;
     }
     let user = crate::auth::session::signed_in_as_is(state, &req.headers)?;
@@ -599,84 +959,36 @@ pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditE
 }
 
 /// One incoming pupil as a KS3 school knows them.
-#[derive(Debug, serde::Deserialize)]
-pub struct Ks3Query {
-    pub upn: String,
-    pub surname: String,
-    pub dob: String,
-}
-
-/// Most pupils one lookup may ask about (a large secondary's intake is about 300).
-pub const KS3_MAX_PUPILS: usize = 1000;
-
-/// KS3 schools find incoming pupils' KS2 results. A row is returned only where UPN, surname
-/// and date of birth all match, and the answer never says which part failed, so UPNs cannot
-/// be probed one at a time; lookups count against the rate limits and are audited.
+/// KS3 schools find incoming pupils' KS2 results (the rules are in `ks3`).
 async fn ks3_lookup(
     State(state): State<AppState>,
     s: Signed,
     addr: Addr,
     axum::Json(asked): axum::Json<Vec<Ks3Query>>,
 ) -> Response {
-    if !s.user.may(Action::Ks3Lookup) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "only KS3 school users can look up incoming pupils",
-        );
-    }
-    if asked.len() > KS3_MAX_PUPILS {
+    if asked.len() > KS3_MAX_PUPILS && s.user.may(Action::Ks3Lookup) {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("at most {KS3_MAX_PUPILS} pupils per lookup"),
         );
     }
-    if let Err(wait) = state
-        .limits
-        .check(&s.user.uid, &s.user.org, ClientAddr::ip_of(addr))
-    {
-        return crate::protect::too_many(wait);
-    }
-    let Some(release) = state.results.release() else {
-        return error(StatusCode::NOT_FOUND, "no results have been published");
-    };
-    if state.clock.now() < release.manifest.ks3_opens_at.unix_timestamp() {
-        return not_open_yet(release.manifest.ks3_opens_at, "KS3 lookups open at");
-    }
-    let mut out = String::from(nca_pipeline::outputs::HEADER);
-    out.push_str(nca_pipeline::outputs::EOL);
-    let mut matched = Vec::new();
-    for q in &asked {
-        let upn = q.upn.trim().to_uppercase();
-        let (surname, dob) = (normalise_surname(&q.surname), q.dob.trim());
-        if matched.contains(&upn) {
-            continue;
+    let release = match crate::ks3::admit(&state, &s.user, ClientAddr::ip_of(addr)) {
+        Ok(r) => r,
+        Err(Closed::NoPermission) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "only KS3 school users can look up incoming pupils",
+            );
         }
-        if let Some(e) = release
-            .pupils
-            .get(&upn)
-            .and_then(|es| es.iter().find(|e| e.surname == surname && e.dob == dob))
-        {
-            out.push_str(&e.line);
-            matched.push(upn);
+        Err(Closed::NoRelease) => {
+            return error(StatusCode::NOT_FOUND, "no results have been published");
         }
-    }
-    let event = AuditEvent {
-        action: "ks3-lookup",
-        actor: s.user.email.clone(),
-        org_id: s.user.org.clone(),
-        target: format!(
-            "{}/ks3-lookup: {} asked, {} matched: {}",
-            release.id,
-            asked.len(),
-            matched.len(),
-            matched.join(" ")
-        ),
-        at: state.clock.now(),
+        Err(Closed::NotOpen(at)) => return not_open_yet(at, "KS3 lookups open at"),
+        Err(Closed::RateLimited(wait)) => return crate::protect::too_many(wait),
     };
-    if state.audit_tx.send(event).await.is_err() {
-        tracing::error!("audit writer stopped: a lookup was not recorded");
-    }
-    let mut r = Response::new(Body::from(out));
+    let found = crate::ks3::lookup(&release, &asked);
+    crate::ks3::record(&state, &s.user, &release, &asked, &found).await;
+    let mut r = Response::new(Body::from(found.csv()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),

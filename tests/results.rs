@@ -181,18 +181,40 @@ async fn every_route_and_organisation_type_sees_only_its_own_results() {
         "/api/v1/results/la/998.csv",
         "/api/v1/results/trust/12345.csv",
         "/api/v1/results/trust/99999.csv",
+        "/api/v1/results/school/9992001.csv?subject=maths",
+        "/api/v1/results/school/9992001-summary.csv",
+        "/api/v1/results/school/9992001-qla.csv",
+        "/api/v1/results/school/9992002-summary.csv",
+        "/results/school/9992001",
+        "/results/school/9992001/reading",
+        "/results/school/9992001/letters",
+        "/results/school/9992002",
+        "/results/school/9992002/maths",
+        "/api/v1/results/school/9992002.csv?ta=no",
     ];
     // For each user, the routes that answer 200; every other one must not.
+    let school_a: &[usize] = &[0, 1, 9, 10, 11, 13, 14, 15];
+    let school_b: &[usize] = &[2, 3, 12, 16, 17, 18];
+    let both = [school_a, school_b].concat();
+    let la = [both.as_slice(), &[5]].concat();
+    let mat = [school_b, &[7]].concat();
+    let operator = [la.as_slice(), &[7]].concat();
     let allowed: &[(&str, &[usize])] = &[
-        ("school@a.sch.uk", &[0, 1]),
+        ("school@a.sch.uk", school_a),
         ("manager@a.sch.uk", &[]),
-        ("academy@b.sch.uk", &[2, 3]),
-        ("la@la.gov.uk", &[0, 1, 2, 3, 5]),
+        ("academy@b.sch.uk", school_b),
+        ("la@la.gov.uk", &la),
         ("moderator@la.gov.uk", &[]),
-        ("mat@trust.org.uk", &[2, 3, 7]),
+        ("mat@trust.org.uk", &mat),
         ("ks3@high.sch.uk", &[]),
-        ("operator@sta.gov.uk", &[0, 1, 2, 3, 5, 7]),
+        ("operator@sta.gov.uk", &operator),
     ];
+    let upns: Vec<String> = std::fs::read_to_string(fixture().join("pupils.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
     let expected_school = std::fs::read(fixture().join("expected/school-9992001.csv")).unwrap();
     for (email, ok) in allowed {
         let cookie = sign_in(&state, &router, email).await;
@@ -208,16 +230,28 @@ async fn every_route_and_organisation_type_sees_only_its_own_results() {
                 }
             } else {
                 assert!(status == 403 || status == 404, "{email} {route}: {status}");
+                let body = String::from_utf8_lossy(&body);
                 assert!(
-                    !String::from_utf8_lossy(&body).contains("upn"),
+                    !body.contains("upn") && !upns.iter().any(|u| body.contains(u.as_str())),
                     "{email} {route} leaked rows"
                 );
             }
         }
     }
-    // Nobody signed in: 401 everywhere.
+    // Nobody signed in: 401 from the API, and the pages send you to sign in.
     for route in routes {
-        assert_eq!(send(&router, get(route, "")).await.0, 401, "{route}");
+        let (status, headers, _) = send(&router, get(route, "")).await;
+        if route.starts_with("/api/") {
+            assert_eq!(status, 401, "{route}");
+        } else {
+            assert_eq!(status, 303, "{route}");
+            assert!(
+                headers[header::LOCATION]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("/sign-in")
+            );
+        }
     }
     // Every download was audited with who and what.
     let log = nca_portal::db::audit_rows(&state.db, Some("999"), 100)
@@ -569,8 +603,11 @@ async fn the_results_page_counts_down_then_shows_the_schools_pupils() {
             && page.contains("/api/v1/results/la/999.csv"),
         "{page}"
     );
+    // A KS3 school's results are its lookups.
     let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
-    assert_eq!(send(&router, get("/results", &ks3)).await.0, 403);
+    let (status, headers, _) = send(&router, get("/results", &ks3)).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers[header::LOCATION], "/results/ks3");
 }
 
 #[test]
@@ -597,4 +634,380 @@ fn the_openapi_document_describes_every_api_route() {
     let mut documented: Vec<String> = paths.keys().cloned().collect();
     documented.sort();
     assert_eq!(routes, documented);
+}
+
+/// The text of a page or file.
+async fn text(router: &nca_portal::App, path: &str, cookie: &str) -> (StatusCode, String) {
+    let (status, _, body) = send(router, get(path, cookie)).await;
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn a_schools_pages_letters_and_csv_variants_agree_with_its_results_file() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    let (_, full) = text(&router, "/api/v1/results/school/9992001.csv", &school).await;
+    let rows: Vec<Vec<&str>> = full
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert!(rows.len() >= 3, "{full}");
+
+    // The results page: every pupil, the comparison, the downloads and the code table.
+    let (status, page) = text(&router, "/results", &school).await;
+    assert_eq!(status, 200);
+    for r in &rows {
+        assert!(page.contains(r[0]), "{} missing from the page", r[0]);
+    }
+    for needle in [
+        "Rules Primary School (9992001)",
+        "Compared with the local authority and England",
+        "England",
+        "/results/school/9992001/letters",
+        "/api/v1/results/school/9992001-qla.csv",
+        "/api/v1/results/school/9992001.csv?subject=maths",
+        "Absent from the test",
+    ] {
+        assert!(page.contains(needle), "{needle} not on the page");
+    }
+
+    // Subject detail: each pupil's raw score from the file.
+    let (status, reading) = text(&router, "/results/school/9992001/reading", &school).await;
+    assert_eq!(status, 200);
+    for r in rows.iter().filter(|r| !r[5].is_empty()) {
+        assert!(
+            reading.contains(&format!("<td class=\"govuk-table__cell\">{}</td>", r[5])),
+            "raw {} of {}",
+            r[5],
+            r[0]
+        );
+    }
+    assert_eq!(
+        text(&router, "/results/school/9992001/history", &school)
+            .await
+            .0,
+        404
+    );
+    let (status, writing) = text(&router, "/results/school/9992001/writing", &school).await;
+    assert_eq!(status, 200);
+    assert!(writing.contains("Pupils by code"));
+
+    // Letters: exactly one printable page per pupil.
+    let (status, letters) = text(&router, "/results/school/9992001/letters", &school).await;
+    assert_eq!(status, 200);
+    assert_eq!(letters.matches("class=\"nca-letter\"").count(), rows.len());
+    assert!(letters.contains("Dear parent or carer"));
+
+    // One subject: the identity columns and that subject's, every pupil.
+    let (status, maths) = text(
+        &router,
+        "/api/v1/results/school/9992001.csv?subject=maths",
+        &school,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut lines = maths.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "upn,surname,forename,dob,gender,maths_raw,maths_result,maths_met,maths_high"
+    );
+    for (line, r) in lines.zip(&rows) {
+        assert_eq!(line, [&r[..5], &r[13..17]].concat().join(","));
+    }
+    // Without TA: every column but the two TA ones.
+    let (_, no_ta) = text(&router, "/api/v1/results/school/9992001.csv?ta=no", &school).await;
+    let header = no_ta.lines().next().unwrap();
+    assert!(!header.contains("_ta") && header.ends_with("maths_high,rwm_met"));
+    assert_eq!(no_ta.lines().count(), full.lines().count());
+    // Bad parameters are named.
+    let (status, body) = text(
+        &router,
+        "/api/v1/results/school/9992001.csv?subject=history",
+        &school,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("subject must be reading, gps or maths"));
+
+    // The summary: the school's reading % met is what its file says, beside LA and England.
+    let (status, summary) = text(
+        &router,
+        "/api/v1/results/school/9992001-summary.csv",
+        &school,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (met, counted) = rows.iter().fold((0, 0), |(m, c), r| match r[7] {
+        "AS" => (m + 1, c + 1),
+        "NS" => (m, c + 1),
+        _ => (m, c),
+    });
+    let want = format!(
+        "{:.1}",
+        (f64::from(met) * 1000.0 / f64::from(counted)).round() / 10.0
+    );
+    let groups: Vec<&str> = summary.lines().skip(1).collect();
+    assert!(groups[0].starts_with("school,9992001,Rules Primary School,"));
+    assert_eq!(groups[0].split(',').nth(4).unwrap(), want, "{summary}");
+    assert!(groups[1].starts_with("la,999,"));
+    assert!(
+        groups
+            .last()
+            .unwrap()
+            .starts_with("england,E92000001,England,")
+    );
+    // Question-level analysis: the school's item means beside national ones.
+    let (status, qla) = text(&router, "/api/v1/results/school/9992001-qla.csv", &school).await;
+    assert_eq!(status, 200);
+    assert!(qla.starts_with("paper,item,max_mark,school_pupils,school_mean,national_mean"));
+
+    // An LA chooses any of its schools from the list, searchable by name.
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    let (_, list) = text(&router, "/results", &la).await;
+    assert!(list.contains("/results/school/9992001") && list.contains("/results/school/9992002"));
+    let (_, found) = text(&router, "/results?q=anne", &la).await;
+    assert!(
+        found.contains("/results/school/9992002") && !found.contains("/results/school/9992001\"")
+    );
+    let (status, other) = text(&router, "/results/school/9992002", &la).await;
+    assert_eq!(status, 200);
+    assert!(other.contains("St Anne") && other.contains("Academy, Testshire (9992002)"));
+}
+
+/// Publish the fixture with one pupil's reading mark changed, as a late-results release.
+async fn publish_changed(state: &AppState, dir: &Path) {
+    for f in std::fs::read_dir(fixture()).unwrap() {
+        let f = f.unwrap();
+        if f.file_type().unwrap().is_file() {
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+    }
+    let marks = std::fs::read_to_string(dir.join("marks.csv")).unwrap();
+    let changed = marks.replace("P999200113001,reading,1,27", "P999200113001,reading,1,35");
+    assert_ne!(marks, changed);
+    std::fs::write(dir.join("marks.csv"), changed).unwrap();
+    let opts = nca_pipeline::publish::PublishOptions {
+        dir: dir.to_path_buf(),
+        year: None,
+        opens_at: time::OffsetDateTime::from_unix_timestamp(OPENS).unwrap(),
+        ks3_opens_at: time::OffsetDateTime::from_unix_timestamp(OPENS + 86_400).unwrap(),
+        progress: false,
+        concurrency: 4,
+    };
+    let rep = std::sync::Arc::new(nca_pipeline::report::Reporter::in_memory());
+    nca_pipeline::publish::publish(&state.store, &opts, rep)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn late_results_email_the_account_managers_once_and_the_page_says_what_changed() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    // The first release changed nobody's results: nobody is told.
+    assert_eq!(
+        nca_portal::results::notify_late_results(&state)
+            .await
+            .unwrap(),
+        0
+    );
+    let outbox = state.settings.outbox();
+    let told = |to: &str| {
+        nca_portal::email::latest_in_outbox(&outbox, to).is_some_and(|(s, _)| s.contains("updated"))
+    };
+    assert!(!told("manager@a.sch.uk"));
+
+    let intake = tempfile::tempdir().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    publish_changed(&state, intake.path()).await;
+    assert!(state.results.refresh().await.unwrap());
+    assert_eq!(
+        nca_portal::results::notify_late_results(&state)
+            .await
+            .unwrap(),
+        1,
+        "one school changed"
+    );
+    let (subject, body) =
+        nca_portal::email::latest_in_outbox(&outbox, "manager@a.sch.uk").expect("manager told");
+    assert!(subject.contains("results have been updated"), "{subject}");
+    assert!(body.contains("1 pupils' results") && body.contains("/results"));
+    assert!(!body.contains("Able"), "the email names no pupil");
+    // General users are not account managers; the other school did not change.
+    assert!(!told("school@a.sch.uk") && !told("academy@b.sch.uk"));
+    // Told once: another pass (or another node) sends nothing.
+    assert_eq!(
+        nca_portal::results::notify_late_results(&state)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let (_, page) = text(&router, "/results", &school).await;
+    assert!(page.contains("What changed in this release"), "{page}");
+    assert!(page.contains("reading_raw: 27 to 35"), "{page}");
+}
+
+/// A multipart form as a browser sends it: (field, file name, bytes).
+fn multipart(path: &str, cookie: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Request<Body> {
+    let boundary = "----nca-test-boundary";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::post(path)
+        .header(header::COOKIE, cookie)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_ks3_school_looks_up_pupils_by_paste_csv_or_ctf_on_the_page() {
+    let (state, router, _dir) = app().await;
+    // Before the KS3 opening time the page says when it opens.
+    state.clock.advance(OPENS - START);
+    let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
+    let (status, page) = text(&router, "/results/ks3", &ks3).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Lookups are not open yet"), "{page}");
+    state.clock.advance(86_400);
+    let ks3 = sign_in(&state, &router, "ks3@high.sch.uk").await;
+    let (status, page) = text(&router, "/results/ks3", &ks3).await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+
+    // A feeder primary's CTF (Ann and Ben, among others), a CSV naming Dan, and a pasted near
+    // miss: Ben again with the wrong date of birth is simply not found.
+    let release = state.results.release().unwrap();
+    let ctf = state
+        .results
+        .object(&release, "school/9992001.ctf.xml")
+        .await
+        .unwrap()
+        .unwrap();
+    let csv = b"upn,surname,dob\nG999200113004,  dale ,05/03/2013\n";
+    let pasted = b"D999200113002\tBright\t2013-03-04\n";
+    let (status, _, body) = send(
+        &router,
+        multipart(
+            "/results/ks3",
+            &ks3,
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                ("pasted", None, pasted),
+                ("csv_file", Some("intake.csv"), csv),
+                ("ctf_files", Some("rules-primary.xml"), &ctf),
+            ],
+        ),
+    )
+    .await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Ann Able") && page.contains("Dan Dale"),
+        "{page}"
+    );
+    assert!(
+        page.contains("D999200113002, Bright, born 2013-03-04"),
+        "the near miss is listed as not found"
+    );
+    let asked = page.matches("Found ").count();
+    assert_eq!(asked, 1);
+
+    // The found pupils download as CSV and as a CTF addressed to this school.
+    let pupils = page
+        .split("name=\"pupils\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#9;", "\t")
+        .replace("&#10;", "\n");
+    for (format, want) in [
+        ("csv", "upn,surname"),
+        ("ctf", "<DestSchool><LEA>999</LEA><Estab>4001</Estab>"),
+    ] {
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("csrf", &csrf)
+            .append_pair("pupils", &pupils)
+            .append_pair("format", format)
+            .finish();
+        let req = Request::post("/results/ks3/download")
+            .header(header::COOKIE, &ks3)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap();
+        let (status, _, body) = send(&router, req).await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, 200, "{format}: {body}");
+        assert!(body.contains(want), "{format}: {body}");
+        assert!(body.contains("P999200113001") && body.contains("G999200113004"));
+    }
+
+    // Bad input names the file and row, and nothing is looked up.
+    let (status, _, body) = send(
+        &router,
+        multipart(
+            "/results/ks3",
+            &ks3,
+            &[
+                ("csrf", None, csrf.as_bytes()),
+                (
+                    "csv_file",
+                    Some("intake.csv"),
+                    b"upn,surname,dob\nP999200113001,Able,2013-02-30\n",
+                ),
+            ],
+        ),
+    )
+    .await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 422);
+    assert!(page.contains("intake.csv, row 2:"), "{page}");
+    assert!(!page.contains("Ann Able"));
+    // Without the form's token nothing happens.
+    let (status, _, _) = send(
+        &router,
+        multipart("/results/ks3", &ks3, &[("pasted", None, pasted)]),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Other organisation types cannot use the page.
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    assert_eq!(text(&router, "/results/ks3", &school).await.0, 403);
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = nca_portal::db::audit_rows(&state.db, Some("9994001"), 20)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|r| r.2 == "ks3-lookup" && r.3.contains(" matched: ")),
+        "{log:?}"
+    );
 }

@@ -151,10 +151,43 @@ pub fn brotli(data: &[u8]) -> Vec<u8> {
 
 /// A school's Common Transfer File with its pupils' KS2 results.
 pub fn ctf(intake: &Intake, school: &School, rows: &[ResultRow], generated: &str) -> Vec<u8> {
+    let laestab = school.laestab.to_string();
+    let fields: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| fields(&intake.pupils[r.pupil as usize], &r.result))
+        .collect();
+    ctf_document(
+        &CtfHeader {
+            source_laestab: &laestab,
+            source_urn: &school.urn.to_string(),
+            source_name: &school.name,
+            dest_laestab: &laestab,
+            year: intake.year,
+            generated,
+        },
+        &fields,
+    )
+}
+
+/// Who a Common Transfer File is from and to, and when.
+#[derive(Debug, Clone)]
+pub struct CtfHeader<'a> {
+    pub source_laestab: &'a str,
+    pub source_urn: &'a str,
+    pub source_name: &'a str,
+    pub dest_laestab: &'a str,
+    /// The cycle's year (the summer of the tests).
+    pub year: i32,
+    pub generated: &'a str,
+}
+
+/// A Common Transfer File of pupils' KS2 results, each pupil given as its results-CSV fields
+/// in [`HEADER`] order (so the CSV and the CTF cannot disagree).
+pub fn ctf_document(h: &CtfHeader, pupils: &[Vec<String>]) -> Vec<u8> {
     use quick_xml::Writer;
     use quick_xml::events::{BytesDecl, BytesText, Event};
     // No indentation: CTFs are most of a release's bytes, and MIS imports ignore layout.
-    let mut w = Writer::new(Vec::with_capacity(512 + rows.len() * 2048));
+    let mut w = Writer::new(Vec::with_capacity(512 + pupils.len() * 2048));
     let io = "writing XML to memory";
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))
         .expect(io);
@@ -163,42 +196,48 @@ pub fn ctf(intake: &Intake, school: &School, rows: &[ResultRow], generated: &str
             .write_text_content(BytesText::new(value))
             .expect(io);
     };
-    let laestab = school.laestab.to_string();
-    let year = intake.year.to_string();
-    let result_date = format!("{}-07-01", intake.year);
+    fn split(l: &str) -> (&str, &str) {
+        (l.get(..3).unwrap_or(""), l.get(3..).unwrap_or(""))
+    }
+    let year = h.year.to_string();
+    let result_date = format!("{}-07-01", h.year);
+    fn field(f: &[String], i: usize) -> &str {
+        f.get(i).map_or("", String::as_str)
+    }
     w.create_element("CTfile")
         .write_inner_content(|w| {
             w.create_element("Header").write_inner_content(|w| {
                 text(w, "DocumentName", "Common Transfer File");
                 text(w, "CTFversion", "26.0");
-                text(w, "DateTime", generated);
+                text(w, "DateTime", h.generated);
                 text(w, "DocumentQualifier", "partial");
                 text(w, "DataQualifier", "KS2 results");
                 text(w, "SupplierID", "NCA");
                 w.create_element("SourceSchool").write_inner_content(|w| {
-                    text(w, "LEA", &laestab[..3]);
-                    text(w, "Estab", &laestab[3..]);
-                    text(w, "URN", &school.urn.to_string());
-                    text(w, "SchoolName", &school.name);
-                    text(w, "AcademicYear", &(intake.year - 1).to_string());
+                    let (lea, estab) = split(h.source_laestab);
+                    text(w, "LEA", lea);
+                    text(w, "Estab", estab);
+                    text(w, "URN", h.source_urn);
+                    text(w, "SchoolName", h.source_name);
+                    text(w, "AcademicYear", &(h.year - 1).to_string());
                     Ok::<(), std::io::Error>(())
                 })?;
                 w.create_element("DestSchool").write_inner_content(|w| {
-                    text(w, "LEA", &laestab[..3]);
-                    text(w, "Estab", &laestab[3..]);
+                    let (lea, estab) = split(h.dest_laestab);
+                    text(w, "LEA", lea);
+                    text(w, "Estab", estab);
                     Ok::<(), std::io::Error>(())
                 })?;
                 Ok::<(), std::io::Error>(())
             })?;
             w.create_element("CTFpupilData").write_inner_content(|w| {
-                for r in rows {
-                    let p = &intake.pupils[r.pupil as usize];
+                for f in pupils {
                     w.create_element("Pupil").write_inner_content(|w| {
-                        text(w, "UPN", p.upn.as_str());
-                        text(w, "Surname", &p.surname);
-                        text(w, "Forename", &p.forename);
-                        text(w, "DOB", &p.dob.to_string());
-                        text(w, "Gender", p.gender.as_str());
+                        text(w, "UPN", field(f, 0));
+                        text(w, "Surname", field(f, 1));
+                        text(w, "Forename", field(f, 2));
+                        text(w, "DOB", field(f, 3));
+                        text(w, "Gender", field(f, 4));
                         w.create_element("StageAssessments")
                             .write_inner_content(|w| {
                                 w.create_element("KeyStage").write_inner_content(|w| {
@@ -225,24 +264,15 @@ pub fn ctf(intake: &Intake, school: &School, rows: &[ResultRow], generated: &str
                                                 })?;
                                             Ok::<(), std::io::Error>(())
                                         };
-                                    for (s, code) in [
-                                        (Subject::Reading, "REA"),
-                                        (Subject::Gps, "GPS"),
-                                        (Subject::Maths, "MAT"),
-                                    ] {
-                                        let sr = r.result.subjects[s.index()];
-                                        if let Some(raw) = sr.raw() {
-                                            assess(w, code, "TT", "RAW", &raw.to_string())?;
-                                        }
-                                        assess(w, code, "TT", "SCALED", &sr.result_text())?;
-                                        assess(w, code, "TT", "EXP", yn(sr.met(), "AS", "NS"))?;
+                                    // reading, gps, maths: raw, result, met from column 5 on.
+                                    for (k, code) in ["REA", "GPS", "MAT"].into_iter().enumerate() {
+                                        let c = 5 + 4 * k;
+                                        assess(w, code, "TT", "RAW", field(f, c))?;
+                                        assess(w, code, "TT", "SCALED", field(f, c + 1))?;
+                                        assess(w, code, "TT", "EXP", field(f, c + 2))?;
                                     }
-                                    if let Some(t) = p.writing {
-                                        assess(w, "WRI", "TA", "TA", t.as_str())?;
-                                    }
-                                    if let Some(t) = p.science {
-                                        assess(w, "SCI", "TA", "TA", t.as_str())?;
-                                    }
+                                    assess(w, "WRI", "TA", "TA", field(f, 17))?;
+                                    assess(w, "SCI", "TA", "TA", field(f, 18))?;
                                     Ok::<(), std::io::Error>(())
                                 })?;
                                 Ok::<(), std::io::Error>(())
