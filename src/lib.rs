@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod api_tokens;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -59,6 +60,7 @@ pub struct Inner {
     pub audit_tx: tokio::sync::mpsc::Sender<results::AuditEvent>,
     pub limits: protect::Limits,
     pub gates: protect::Gates,
+    pub api_tokens: api_tokens::Tokens,
 }
 
 impl Deref for AppState {
@@ -116,6 +118,7 @@ impl AppState {
             audit_tx,
             limits: protect::Limits::new(&settings_limits),
             gates: protect::Gates::new(&settings_admission),
+            api_tokens: api_tokens::Tokens::default(),
         })))
     }
 }
@@ -154,6 +157,7 @@ pub fn router(state: AppState) -> Router {
             portal::routes()
                 .merge(results_pages::routes())
                 .merge(ks3::routes())
+                .merge(api_tokens::routes())
                 .route_layer(middleware::from_fn_with_state(
                     gates.clone(),
                     protect::admit_page,
@@ -161,10 +165,15 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(api::routes())
         .merge(
-            results::routes().route_layer(middleware::from_fn_with_state(
-                gates,
-                protect::admit_download,
-            )),
+            results::routes()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    api_tokens::middleware,
+                ))
+                .route_layer(middleware::from_fn_with_state(
+                    gates,
+                    protect::admit_download,
+                )),
         )
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -74,7 +74,7 @@ pub struct Field {
 }
 
 impl Field {
-    fn input(kind: &'static str, name: &'static str, label: &str) -> Field {
+    pub fn input(kind: &'static str, name: &'static str, label: &str) -> Field {
         Field {
             kind,
             name,
@@ -82,15 +82,15 @@ impl Field {
             ..Default::default()
         }
     }
-    fn value(mut self, v: &str) -> Field {
+    pub fn value(mut self, v: &str) -> Field {
         self.value = v.into();
         self
     }
-    fn hint(mut self, h: &str) -> Field {
+    pub fn hint(mut self, h: &str) -> Field {
         self.hint = h.into();
         self
     }
-    fn auto(mut self, a: &'static str) -> Field {
+    pub fn auto(mut self, a: &'static str) -> Field {
         self.autocomplete = a;
         self
     }
@@ -99,21 +99,21 @@ impl Field {
 #[derive(Template, Default)]
 #[template(path = "form.html")]
 pub struct FormPage {
-    title: String,
-    errors: Vec<(String, String)>,
-    notice: Option<String>,
-    user: Option<SignedIn>,
-    csrf: String,
-    idle_seconds: i64,
-    warning_seconds: i64,
-    intro: Vec<String>,
-    action: String,
-    fields: Vec<Field>,
-    submit: String,
-    danger: bool,
-    links: Vec<(String, String)>,
-    side_forms: Vec<(String, String)>,
-    refresh: Option<i64>,
+    pub title: String,
+    pub errors: Vec<(String, String)>,
+    pub notice: Option<String>,
+    pub user: Option<SignedIn>,
+    pub csrf: String,
+    pub idle_seconds: i64,
+    pub warning_seconds: i64,
+    pub intro: Vec<String>,
+    pub action: String,
+    pub fields: Vec<Field>,
+    pub submit: String,
+    pub danger: bool,
+    pub links: Vec<(String, String)>,
+    pub side_forms: Vec<(String, String)>,
+    pub refresh: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -161,7 +161,7 @@ pub fn render(status: StatusCode, t: &impl Template) -> Response {
 }
 
 impl FormPage {
-    fn new(
+    pub fn new(
         state: &AppState,
         data: &SessionData,
         title: &str,
@@ -180,13 +180,13 @@ impl FormPage {
         }
     }
     /// Set an error on a field and in the summary.
-    fn error(&mut self, field: &str, message: &str) {
+    pub fn error(&mut self, field: &str, message: &str) {
         self.errors.push((field.to_string(), message.to_string()));
         if let Some(f) = self.fields.iter_mut().find(|f| f.name == field) {
             f.error.get_or_insert_with(|| message.to_string());
         }
     }
-    fn respond(&self) -> Response {
+    pub fn respond(&self) -> Response {
         let status = if self.errors.is_empty() {
             StatusCode::OK
         } else {
@@ -210,20 +210,20 @@ impl Page {
 }
 
 /// A url-encoded form body, with repeated keys (checkboxes) kept.
-struct FormData(Vec<(String, String)>);
+pub struct FormData(Vec<(String, String)>);
 
 impl FormData {
-    fn parse(body: &Bytes) -> FormData {
+    pub fn parse(body: &Bytes) -> FormData {
         FormData(url::form_urlencoded::parse(body).into_owned().collect())
     }
-    fn get(&self, name: &str) -> String {
+    pub fn get(&self, name: &str) -> String {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     }
-    fn all(&self, name: &str) -> Vec<String> {
+    pub fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, _)| k == name)
@@ -304,6 +304,9 @@ fn account_links(u: &SignedIn) -> Vec<(String, String)> {
     }
     if u.may(Action::ManageUsers) {
         l.push(("/account/users".into(), "Manage users".into()));
+        if matches!(u.kind, OrgKind::Ks2School | OrgKind::La | OrgKind::Mat) {
+            l.push(("/account/tokens".into(), "API tokens".into()));
+        }
     }
     l.push((
         "/account/organisation".into(),
@@ -856,7 +859,7 @@ async fn account(State(state): State<AppState>, s: Signed) -> Result<Response, A
     Ok(render(StatusCode::OK, &p))
 }
 
-fn actor(s: &Signed, addr: Option<Extension<ClientAddr>>) -> Actor {
+pub fn actor(s: &Signed, addr: Option<Extension<ClientAddr>>) -> Actor {
     Actor {
         label: s.user.email.clone(),
         user_id: Some(s.user.uid.clone()),

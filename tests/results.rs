@@ -1011,3 +1011,141 @@ async fn a_ks3_school_looks_up_pupils_by_paste_csv_or_ctf_on_the_page() {
         "{log:?}"
     );
 }
+
+fn bearer(path: &str, token: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn form_post(path: &str, cookie: &str, pairs: &[(&str, &str)]) -> Request<Body> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    Request::post(path)
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_organisation_api_token_downloads_its_own_results_read_only_until_revoked() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    // Only account managers make tokens.
+    let user = sign_in(&state, &router, "school@a.sch.uk").await;
+    assert_eq!(text(&router, "/account/tokens", &user).await.0, 403);
+    let manager = sign_in(&state, &router, "manager@a.sch.uk").await;
+    let (status, form) = text(&router, "/account/tokens/new", &manager).await;
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&form);
+    let (status, _, body) = send(
+        &router,
+        form_post(
+            "/account/tokens/new",
+            &manager,
+            &[("csrf", &csrf), ("name", "")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 422, "a token needs a name");
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains("Enter a name for the token")
+    );
+    let (status, _, body) = send(
+        &router,
+        form_post(
+            "/account/tokens/new",
+            &manager,
+            &[("csrf", &csrf), ("name", "MIS nightly import")],
+        ),
+    )
+    .await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{page}");
+    let at = page.find("nca_").expect("the token is shown once");
+    let token: String = page[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(token.len() > 40, "{token}");
+
+    // It downloads the school's own files, exactly as a signed-in user would get them.
+    let (status, _, body) = send(
+        &router,
+        bearer("/api/v1/results/school/9992001.csv", &token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        std::fs::read(fixture().join("expected/school-9992001.csv")).unwrap()
+    );
+    // Nobody else's, nothing but results, and nothing written.
+    for path in [
+        "/api/v1/results/school/9992002.csv",
+        "/api/v1/results/la/999.csv",
+        "/api/v1/results/trust/12345.csv",
+    ] {
+        assert_eq!(send(&router, bearer(path, &token)).await.0, 403, "{path}");
+    }
+    assert_eq!(send(&router, bearer("/api/v1/me", &token)).await.0, 401);
+    assert_eq!(send(&router, bearer("/account", &token)).await.0, 303);
+    let lookup = Request::post("/api/v1/results/ks3/lookup")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("[]"))
+        .unwrap();
+    assert_eq!(send(&router, lookup).await.0, 401, "tokens are read-only");
+    assert_eq!(
+        send(
+            &router,
+            bearer("/api/v1/results/school/9992001.csv", "nca_made-up")
+        )
+        .await
+        .0,
+        401
+    );
+
+    // The list shows it, with who made it; revoking stops it at once.
+    let (_, list) = text(&router, "/account/tokens", &manager).await;
+    assert!(list.contains("MIS nightly import") && list.contains("manager@a.sch.uk"));
+    assert!(!list.contains(&token), "the secret is never shown again");
+    let end = list.find("/revoke\"").expect("a revoke link");
+    let id = list[..end].rsplit('/').next().unwrap().to_string();
+    let revoke = format!("/account/tokens/{id}/revoke");
+    let (status, confirm) = text(&router, &revoke, &manager).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(
+        &router,
+        form_post(&revoke, &manager, &[("csrf", &csrf_of(&confirm))]),
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        send(
+            &router,
+            bearer("/api/v1/results/school/9992001.csv", &token)
+        )
+        .await
+        .0,
+        401
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = nca_portal::db::audit_rows(&state.db, Some("9992001"), 50)
+        .await
+        .unwrap();
+    for action in ["api-token-created", "api-token-revoked"] {
+        assert!(log.iter().any(|r| r.2 == action), "{action}: {log:?}");
+    }
+    assert!(
+        log.iter()
+            .any(|r| r.1.starts_with("api-token:MIS nightly import") && r.2 == "results-download"),
+        "{log:?}"
+    );
+}
