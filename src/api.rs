@@ -68,12 +68,12 @@ async fn sign_in(
         Ok(PasswordStep::SignedIn(d)) => with_session(
             StatusCode::OK,
             json!({ "signed_in": true, "mfa_required": false }),
-            d,
+            *d,
         ),
         Ok(PasswordStep::NeedsMfa(d)) => with_session(
             StatusCode::OK,
             json!({ "signed_in": false, "mfa_required": true }),
-            d,
+            *d,
         ),
         Ok(PasswordStep::Refused) => (
             StatusCode::UNAUTHORIZED,
@@ -106,7 +106,7 @@ async fn mfa(
     match auth::mfa_step(&state, ip, cur.data, &b.code).await {
         Ok(MfaStep::SignedIn(d)) => {
             let uid = d.user.as_ref().map(|u| u.uid.clone()).unwrap_or_default();
-            let mut r = with_session(StatusCode::OK, json!({ "signed_in": true }), d);
+            let mut r = with_session(StatusCode::OK, json!({ "signed_in": true }), *d);
             r.extensions_mut().insert(SetDevice(auth::device_value(
                 &uid,
                 &state.today(state.clock.now()),

@@ -15,6 +15,7 @@ pub mod ks3;
 pub mod orgs;
 pub mod portal;
 pub mod protect;
+pub mod queue;
 pub mod results;
 pub mod results_pages;
 
@@ -61,6 +62,7 @@ pub struct Inner {
     pub limits: protect::Limits,
     pub gates: protect::Gates,
     pub api_tokens: api_tokens::Tokens,
+    pub queue: queue::Queue,
 }
 
 impl Deref for AppState {
@@ -89,6 +91,7 @@ impl AppState {
         let key = session_key(&settings)?;
         let settings_limits = settings.rate_limits.clone();
         let settings_admission = settings.admission.clone();
+        let hash_threads = settings.hash_threads();
         let revocations = Revocations::default();
         revocations.refresh(&db).await?;
         let results =
@@ -100,7 +103,7 @@ impl AppState {
         results::spawn_audit_writer(db.clone(), audit_rx);
         Ok(AppState(Arc::new(Inner {
             public_url: settings.public_url(),
-            hasher: Hasher::new(settings.hash_threads()),
+            hasher: Hasher::new(hash_threads),
             throttle: Throttle::new(
                 settings.auth.ip_attempts_per_minute,
                 settings.auth.free_failures,
@@ -119,6 +122,7 @@ impl AppState {
             limits: protect::Limits::new(&settings_limits),
             gates: protect::Gates::new(&settings_admission),
             api_tokens: api_tokens::Tokens::default(),
+            queue: queue::Queue::new(hash_threads),
         })))
     }
 }

@@ -382,6 +382,7 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
     let state = AppState::open(s, Clock::System).await?;
     nca_portal::auth::spawn_revocation_refresh(state.clone());
     nca_portal::results::spawn_watch(state.clone());
+    nca_portal::queue::spawn_admitter(state.clone());
     let _ = http::metrics_handle();
     if let Some(addr) = admin {
         let l = tokio::net::TcpListener::bind(addr)

@@ -7,7 +7,7 @@ use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-in/mfa", get(mfa_page).post(mfa))
         .route("/sign-in/mfa/resend", post(mfa_resend))
+        .route("/sign-in/queue", get(queue_page))
         .route("/sign-out", post(sign_out))
         .route("/forgotten-password", get(forgotten_page).post(forgotten))
         .route("/set-password", get(set_password_page).post(set_password))
@@ -324,6 +325,9 @@ async fn sign_in_page(
     Visitor(cur): Visitor,
     Query(q): Query<SignInQuery>,
 ) -> Response {
+    if let Some(r) = queue_if_busy(&state, &cur.data, &q.next) {
+        return r;
+    }
     let mut p = sign_in_form(&state, &cur.data, &q.next, "");
     if q.timeout.is_some() || cur.timed_out {
         p.notice = Some(format!(
@@ -335,6 +339,79 @@ async fn sign_in_page(
         p.notice = Some("Your password has been set. Sign in with your new password.".into());
     }
     p.respond()
+}
+
+fn queue_url(next: &str) -> String {
+    format!(
+        "/sign-in/queue?next={}",
+        url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+    )
+}
+
+/// Send a browser without a pass to the sign-in queue when the queue is forming (hashing is
+/// full or others already wait); None lets it sign in now.
+fn queue_if_busy(state: &AppState, data: &SessionData, next: &str) -> Option<Response> {
+    let now = state.clock.now();
+    let free = state.gates.sign_ins.available_permits();
+    if !state.queue.must_queue(now, free, data.queue) {
+        return None;
+    }
+    Some(join_queue(state, data, next))
+}
+
+fn join_queue(state: &AppState, data: &SessionData, next: &str) -> Response {
+    let mut d = data.clone();
+    d.queue = Some(state.queue.join(state.clock.now(), data.queue));
+    redirect_with(&queue_url(next), d)
+}
+
+/// The waiting page: place, honest wait, and a refresh that cannot move anyone forward.
+async fn queue_page(
+    State(state): State<AppState>,
+    Visitor(cur): Visitor,
+    Query(q): Query<SignInQuery>,
+) -> Response {
+    let next = safe_next(&q.next);
+    let sign_in = format!(
+        "/sign-in?next={}",
+        url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+    );
+    let now = state.clock.now();
+    let Some(ticket) = cur.data.queue.filter(|_| state.queue.healthy(now)) else {
+        return Redirect::to(&sign_in).into_response();
+    };
+    match state.queue.status(now, ticket) {
+        crate::queue::Status::Admitted => Redirect::to(&sign_in).into_response(),
+        crate::queue::Status::Waiting {
+            position,
+            waiting,
+            wait_secs,
+        } => {
+            let wait = match wait_secs {
+                s if s < 60 => "less than a minute".to_string(),
+                s => {
+                    let m = (s + 59) / 60;
+                    format!("about {m} minute{}", if m == 1 { "" } else { "s" })
+                }
+            };
+            let mut p = Page {
+                title: "You are in a queue to sign in".into(),
+                csrf: cur.data.csrf.clone(),
+                ..Default::default()
+            };
+            p.paragraphs = vec![
+                format!("Many people are signing in right now. You are number {position} of {waiting} in the queue."),
+                format!("Your estimated wait is {wait}. This page updates itself every {} seconds and takes you to sign in when it is your turn.", crate::queue::REFRESH_SECS),
+                "Keep this page open. You do not need to refresh it: refreshing does not move you forward, and you will not lose your place.".into(),
+                "If you are waiting for results, they will be there when you have signed in: everyone's results open at the same time.".into(),
+            ];
+            p.refresh = Some(crate::queue::REFRESH_SECS);
+            let mut r = render(StatusCode::OK, &p);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+    }
 }
 
 async fn sign_in(
@@ -357,6 +434,16 @@ async fn sign_in(
     if !p.errors.is_empty() {
         return Ok(p.respond());
     }
+    // Past capacity: queue. A pass from the queue is good for this one attempt.
+    if let Some(r) = queue_if_busy(&state, &cur.data, &next) {
+        return Ok(r);
+    }
+    let mut data = cur.data.clone();
+    if let Some(t) = data.queue
+        && state.queue.use_pass(state.clock.now() * 1000, t)
+    {
+        data.queue = None;
+    }
     let device = session::device(&headers, &state);
     let step = auth::password_step(
         &state,
@@ -364,21 +451,24 @@ async fn sign_in(
         &email,
         &password,
         device.as_deref(),
-        cur.data.clone(),
+        data.clone(),
     )
     .await?;
     Ok(match step {
-        PasswordStep::SignedIn(d) => redirect_with(&next, d),
+        PasswordStep::SignedIn(d) => redirect_with(&next, *d),
         PasswordStep::NeedsMfa(d) => redirect_with(
             &format!(
                 "/sign-in/mfa?next={}",
                 url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
             ),
-            d,
+            *d,
         ),
         PasswordStep::Refused => {
             p.error("email", "Enter a valid email address and password");
             p.respond()
+        }
+        PasswordStep::Busy if state.queue.healthy(state.clock.now()) => {
+            join_queue(&state, &data, &next)
         }
         PasswordStep::Busy => {
             p.error(
@@ -446,7 +536,7 @@ async fn mfa(
         match auth::mfa_step(&state, ClientAddr::ip_of(addr), cur.data.clone(), &code).await? {
             MfaStep::SignedIn(d) => {
                 let uid = d.user.as_ref().map(|u| u.uid.clone()).unwrap_or_default();
-                let mut r = redirect_with(&next, d);
+                let mut r = redirect_with(&next, *d);
                 r.extensions_mut().insert(SetDevice(auth::device_value(
                     &uid,
                     &state.today(state.clock.now()),

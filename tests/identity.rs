@@ -997,3 +997,113 @@ async fn account_managers_update_contact_details_and_la_users_switch_between_las
         .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test]
+async fn past_hashing_capacity_sign_ins_wait_in_a_fair_queue_that_fails_open() {
+    let app = spawn_app(Clock::paused_at(1_720_500_000)).await;
+    app.user("head@a.sch.uk", SCHOOL, &[Role::AccountManager])
+        .await;
+    let now = || app.state.clock.now();
+    let gate = app.state.gates.sign_ins.clone();
+    // Every hashing place is taken; the admitter has run.
+    let held = gate
+        .clone()
+        .try_acquire_many_owned(gate.available_permits() as u32)
+        .unwrap();
+    app.state.queue.tick(now(), gate.available_permits());
+
+    let (mut first, mut second) = (Browser::default(), Browser::default());
+    let r = first.get(&app, "/sign-in?next=/results").await;
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.location.as_deref(),
+        Some("/sign-in/queue?next=%2Fresults")
+    );
+    // A password posted while full also queues (and is not checked).
+    let csrf = second.csrf(&app, "/forgotten-password").await;
+    let r = second
+        .form(
+            &app,
+            "/sign-in",
+            &[
+                ("csrf", &csrf),
+                ("email", "head@a.sch.uk"),
+                ("password", PW),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.location.unwrap().starts_with("/sign-in/queue"));
+    app.state.queue.tick(now(), gate.available_permits());
+    let place = |body: &str| {
+        let at = body.find("You are number ").expect("a place") + 15;
+        body[at..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let a = first.get(&app, "/sign-in/queue?next=/results").await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.contains("of 2 in the queue") && a.body.contains("estimated wait"));
+    assert!(
+        a.body
+            .contains("<meta http-equiv=\"refresh\" content=\"10\">")
+    );
+    let b = second.get(&app, "/sign-in/queue").await;
+    let (pa, pb) = (place(&a.body), place(&b.body));
+    assert_eq!([pa.min(pb), pa.max(pb)], [1, 2]);
+    // Refreshing changes nobody's place.
+    for _ in 0..5 {
+        assert_eq!(place(&first.get(&app, "/sign-in/queue").await.body), pa);
+    }
+
+    // One place frees: the front of the queue is let through, and only it.
+    drop(held);
+    let _rest = gate
+        .clone()
+        .try_acquire_many_owned(gate.available_permits() as u32 - 1)
+        .unwrap();
+    app.state.queue.tick(now(), gate.available_permits());
+    let (front, back) = if pa == 1 {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+    let r = front.get(&app, "/sign-in/queue?next=/results").await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.location.as_deref(), Some("/sign-in?next=%2Fresults"));
+    assert!(
+        back.get(&app, "/sign-in/queue")
+            .await
+            .body
+            .contains("You are number 1 of 1")
+    );
+    let csrf = front.csrf(&app, "/sign-in").await;
+    let r = front
+        .form(
+            &app,
+            "/sign-in",
+            &[
+                ("csrf", &csrf),
+                ("email", "head@a.sch.uk"),
+                ("password", PW),
+                ("next", "/results"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.location.unwrap().starts_with("/sign-in/mfa"),
+        "the pass let the password through"
+    );
+
+    // The admitter stops: the queue fails open, and newcomers go straight to the form.
+    app.state
+        .clock
+        .advance(nca_portal::queue::HEARTBEAT_SECS + 1);
+    let r = Browser::default().get(&app, "/sign-in").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("name=\"password\""));
+}

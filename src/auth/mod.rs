@@ -170,9 +170,9 @@ pub fn normalise_email(s: &str) -> String {
 #[derive(Debug)]
 pub enum PasswordStep {
     /// Signed in (MFA already passed today on this browser).
-    SignedIn(SessionData),
+    SignedIn(Box<SessionData>),
     /// Password right; a code was emailed.
-    NeedsMfa(SessionData),
+    NeedsMfa(Box<SessionData>),
     /// Wrong email or password (the same answer for both).
     Refused,
     /// Too many attempts: wait this many seconds.
@@ -236,7 +236,7 @@ pub async fn password_step(
             "MFA passed earlier today",
         )
         .await?;
-        return Ok(PasswordStep::SignedIn(session));
+        return Ok(PasswordStep::SignedIn(Box::new(session)));
     }
     send_mfa_code(state, &user.id, &user.email).await?;
     session.pending = Some(Pending {
@@ -244,7 +244,7 @@ pub async fn password_step(
         at: now,
     });
     metrics::counter!("nca_sign_in_total", "outcome" => "mfa").increment(1);
-    Ok(PasswordStep::NeedsMfa(session))
+    Ok(PasswordStep::NeedsMfa(Box::new(session)))
 }
 
 async fn audit_sign_in(
@@ -298,7 +298,7 @@ pub async fn send_mfa_code(state: &AppState, user_id: &str, email: &str) -> anyh
 /// The result of the MFA step.
 #[derive(Debug)]
 pub enum MfaStep {
-    SignedIn(SessionData),
+    SignedIn(Box<SessionData>),
     /// Wrong code; attempts remain.
     Wrong,
     /// Expired, used, or out of attempts: sign in again or resend.
@@ -357,7 +357,7 @@ pub async fn mfa_step(
     session.pending = None;
     session.user = Some(start_session(state, &user, None).await?);
     audit_sign_in(state, &user.email, ip, "sign-in", "password and email code").await?;
-    Ok(MfaStep::SignedIn(session))
+    Ok(MfaStep::SignedIn(Box::new(session)))
 }
 
 /// Build the signed-in part of a session for `user`, in `org` when given (the LA switcher)

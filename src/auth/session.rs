@@ -28,6 +28,9 @@ pub struct SessionData {
     pub user: Option<SignedIn>,
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// A place in the sign-in queue (see `queue`).
+    #[serde(rename = "q", default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::queue::Ticket>,
 }
 
 impl SessionData {
@@ -36,6 +39,7 @@ impl SessionData {
             csrf: format!("{:032x}", rand::random::<u128>()),
             user: None,
             pending: None,
+            queue: None,
         }
     }
 }
