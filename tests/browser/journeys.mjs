@@ -9,6 +9,10 @@
 //   NCA_MANAGER_PASSWORD
 //   NCA_THROTTLE_EMAIL    an account (with a password) that journey (d) locks out for a while
 //   NCA_THROTTLE_PASSWORD
+//   NCA_KS3_EMAIL         a KS3 school user, with a password (journey f)
+//   NCA_KS3_PASSWORD
+//   NCA_LA_EMAIL          an LA general user, with a password (journey e)
+//   NCA_LA_PASSWORD
 //   CHROMIUM              the browser (default /usr/bin/chromium)
 //   NCA_ARTIFACTS         folder for screenshots and HTML of failed steps (default: a temp dir)
 //   NCA_JOURNEYS          comma-separated journey letters to run (default: all)
@@ -40,6 +44,8 @@ const THROTTLED = {
   email: process.env.NCA_THROTTLE_EMAIL || `nobody-${Date.now()}@example.invalid`,
   password: process.env.NCA_THROTTLE_PASSWORD || '',
 };
+const KS3 = { email: process.env.NCA_KS3_EMAIL || '', password: process.env.NCA_KS3_PASSWORD || '' };
+const LA = { email: process.env.NCA_LA_EMAIL || '', password: process.env.NCA_LA_PASSWORD || '' };
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.NCA_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'nca-browser-'));
 const ONLY = (process.env.NCA_JOURNEYS || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -517,6 +523,111 @@ const journeys = [
       await page.locator('input[name="email"]').fill(THROTTLED.email);
       await page.locator('input[name="password"]').fill(THROTTLED.password);
       await j.submit(page, 'Sign in', { path: '/sign-in/mfa', label: 'email code after the wait' });
+    },
+  },
+  {
+    letter: 'e',
+    title: 'a school sees its results, a subject in detail and printable letters; an LA chooses a school',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await page.getByRole('link', { name: 'KS2 test results' }).click();
+      await page.waitForURL('**/results');
+      await j.axe(page, 'school results');
+      await expectHeading(page, 'KS2 test results: Rules Primary School (9992001)');
+      const main = await page.locator('main').textContent();
+      for (const want of ['Results by pupil', 'Compared with the local authority and England', 'What the result codes mean', 'Ann Able']) {
+        check(main.includes(want), `the results page lacks "${want}"`);
+      }
+      const pupils = await page.locator('h2:has-text("Results by pupil") + table tbody tr').count();
+      check(pupils >= 3, `the results table has ${pupils} rows`);
+      await page.getByRole('link', { name: 'English reading: results by pupil' }).click();
+      await page.waitForURL('**/results/school/9992001/reading');
+      await j.axe(page, 'reading detail');
+      await expectHeading(page, 'English reading: Rules Primary School (9992001)');
+      await page.getByRole('link', { name: 'Back to all results' }).click();
+      await page.waitForURL('**/results/school/9992001');
+      await page.getByRole('link', { name: /Results letters for parents/ }).click();
+      await page.waitForURL('**/results/school/9992001/letters');
+      await j.axe(page, 'results letters');
+      equal(await page.locator('section.nca-letter').count(), pupils, 'one letter per pupil');
+      // Printed, each letter is a page of its own and the site's header is not printed.
+      await page.emulateMedia({ media: 'print' });
+      equal(await page.locator('section.nca-letter').first().evaluate((e) => getComputedStyle(e).breakAfter), 'page', 'letters break after each');
+      equal(await page.locator('header.govuk-header').evaluate((e) => getComputedStyle(e).display), 'none', 'header when printed');
+      await page.emulateMedia({ media: 'screen' });
+      if (!LA.email) return;
+      const la = await j.newPage(browser);
+      await signIn(j, la, LA);
+      await j.goto(la, '/results', { label: 'LA school chooser' });
+      await la.locator('input[name="q"]').fill('anne');
+      await la.getByRole('button', { name: 'Search', exact: true }).click();
+      await la.waitForURL('**/results?q=anne');
+      await j.axe(la, 'LA school search');
+      await la.getByRole('link', { name: /View results for St Anne/ }).click();
+      await la.waitForURL('**/results/school/9992002');
+      await j.axe(la, 'LA viewing one school');
+      await expectHeading(la, "KS2 test results: St Anne's Academy, Testshire (9992002)");
+    },
+  },
+  {
+    letter: 'f',
+    title: 'a KS3 school looks up incoming pupils from a pasted list',
+    async run(j, browser) {
+      if (!KS3.email) return;
+      const page = await j.newPage(browser);
+      await signIn(j, page, KS3);
+      await j.goto(page, '/results', { label: 'KS3 lookup form' });
+      equal(new URL(page.url()).pathname, '/results/ks3', 'a KS3 school\'s results are its lookups');
+      await page.locator('textarea[name="pasted"]').fill('X1\tAble\t02/03/2013');
+      await j.submit(page, 'Find results', { status: 422, path: '/results/ks3', label: 'lookup refused' });
+      await expectErrors(page, [/^Pasted list, line 1: UPN X1/]);
+      await page.locator('textarea[name="pasted"]').fill('P999200113001\tAble\t02/03/2013\nD999200113002\tBright\t2013-03-04');
+      await j.submit(page, 'Find results', { path: '/results/ks3', label: 'lookup results' });
+      await expectHeading(page, "Incoming pupils' KS2 results");
+      const main = await page.locator('main').textContent();
+      check(main.includes('Found 1 of the 2 pupils'), `lookup summary: ${main}`);
+      check(main.includes('Ann Able'), 'Ann Able (all three details match) is not shown');
+      check(main.includes('D999200113002, Bright, born 2013-03-04'), 'the near miss is not listed as not found');
+      const [download] = await Promise.all([
+        page.waitForEvent('download'),
+        page.getByRole('button', { name: 'Download these results (CSV)' }).click(),
+      ]);
+      const csv = fs.readFileSync(await download.path(), 'utf8');
+      check(csv.startsWith('upn,surname,forename') && csv.includes('P999200113001,Able,Ann'), `downloaded CSV: ${csv}`);
+      check(!csv.includes('D999200113002'), 'the near miss is in the download');
+    },
+  },
+  {
+    letter: 'g',
+    title: 'an account manager creates an API token, uses it, and revokes it',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await page.getByRole('link', { name: 'API tokens' }).click();
+      await page.waitForURL('**/account/tokens');
+      await j.axe(page, 'API tokens');
+      await page.getByRole('link', { name: 'Create an API token' }).click();
+      await page.waitForURL('**/account/tokens/new');
+      await j.axe(page, 'create an API token');
+      await j.submit(page, 'Create token', { status: 422, path: '/account/tokens/new', label: 'token refused' });
+      await expectErrors(page, ['Enter a name for the token']);
+      await page.locator('input[name="name"]').fill(`Browser ${RUN_ID}`);
+      await j.submit(page, 'Create token', { path: '/account/tokens/new', label: 'new token' });
+      const shown = (await page.locator('main p').allTextContents()).map((t) => t.trim());
+      const token = shown.map((t) => /^nca_[A-Za-z0-9_-]{40,}$/.exec(t)).find(Boolean);
+      check(token, `the new token is not shown on a line of its own: ${shown.join(' | ')}`);
+      const url = `${BASE}/api/v1/results/school/9992001.csv`;
+      const api = await browser.newContext({ ignoreHTTPSErrors: true });
+      const use = async () => (await api.request.get(url, { headers: { authorization: `Bearer ${token[0]}` } })).status();
+      equal(await use(), 200, 'a download with the token');
+      await j.goto(page, '/account/tokens', { label: 'API tokens with one' });
+      await page.getByRole('link', { name: `Revoke Browser ${RUN_ID}` }).click();
+      await page.waitForURL('**/revoke');
+      await j.axe(page, 'revoke a token');
+      await j.submit(page, 'Revoke token', { path: '/account/tokens', label: 'tokens after revoking' });
+      equal(await use(), 401, 'a download with the revoked token');
+      await api.close();
     },
   },
 ];
