@@ -7,7 +7,7 @@
 # audited. Prints requests/s for each and the ratios ours / nginx.
 #
 # Environment: CARGO_TARGET_DIR, SECS (default 10), CONNS (default 64), PERF (a file: record a
-# perf profile of our HTTPS server during its run).
+# perf profile of our server during its run), PERF_ON (https, the default, or http).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
@@ -34,7 +34,7 @@ echo "setting up a 100-school release in $W"
 "$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
 "$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
 # The largest school file, for a body near the 16 KiB of the brief's anchor.
-CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -v qla | head -1)
+CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -v qla | awk "NR == 1")
 LAESTAB=$(basename "$CSV" .csv)
 PW='Tr0ubadour&Bells-42'
 "$S" users add --email bench@school.sch.uk --org "$LAESTAB" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null
@@ -109,11 +109,17 @@ run() { # name url [cookie]
 }
 echo "wrk: 2 threads, $CONNS connections, ${SECS} s each, one after another"
 n_tls=$(run "nginx HTTPS (static)" "https://127.0.0.1:$NGINX_TLS/school.csv")
-if [ -n "${PERF:-}" ]; then # PERF=file: profile our HTTPS server during its run
-  perf record -F 499 -g -o "$PERF" -p "${pids[0]}" -- sleep "$SECS" >/dev/null 2>&1 &
-fi
+profile() { # which: record a perf profile of that server during its run, when PERF is set
+  if [ -n "${PERF:-}" ] && [ "${PERF_ON:-https}" = "$1" ]; then
+    local pid="${pids[0]}"
+    [ "$1" = http ] && pid="${pids[1]}"
+    perf record -F 499 -g -o "$PERF" -p "$pid" -- sleep "$SECS" >/dev/null 2>&1 &
+  fi
+}
+profile https
 o_tls=$(run "nca-portal HTTPS" "https://127.0.0.1:$OURS_TLS$ROUTE" "$COOKIE")
 n_http=$(run "nginx HTTP (static)" "http://127.0.0.1:$NGINX_HTTP/school.csv")
+profile http
 o_http=$(run "nca-portal HTTP" "http://127.0.0.1:$OURS_HTTP$ROUTE" "$COOKIE")
 awk -v a="$o_tls" -v b="$n_tls" 'BEGIN { r = a / b; printf "HTTPS: ours / nginx = %.2f (target 1.3): %s\n", r, (r >= 1.3 ? "met" : "NOT met") }'
 awk -v a="$o_http" -v b="$n_http" 'BEGIN { r = a / b; printf "HTTP:  ours / nginx = %.2f (target 1.0): %s\n", r, (r >= 1.0 ? "met" : "NOT met") }'

@@ -74,6 +74,7 @@ pub struct Server {
     pub tls_key: String,
     pub handshake_timeout_secs: u64,
     pub max_connections: usize,
+    pub io_threads: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub request_timeout_secs: u64,
@@ -398,6 +399,14 @@ impl Settings {
             format!("https://{}", self.server.listen)
         } else {
             self.server.public_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// Threads serving connections (`server.io_threads`, 0 = one per core).
+    pub fn io_threads(&self) -> usize {
+        match self.server.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

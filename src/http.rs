@@ -187,6 +187,83 @@ pub async fn serve_tls(
     Ok(())
 }
 
+/// Serve `app` on `threads` threads, each with a single-threaded runtime and its own socket
+/// listening on `addr` (SO_REUSEPORT, so the kernel spreads connections between them): the
+/// model of nginx's workers. A connection's requests never hop between threads, which on a
+/// small machine costs more than the work itself. Binds and starts the threads at once (so a
+/// taken port is reported before anything else); the future it returns ends once `shutdown`
+/// has resolved and every thread has drained. `addr` needs a fixed port.
+pub fn serve_threads(
+    addr: SocketAddr,
+    threads: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: crate::App,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+    let threads = threads.max(1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let per_thread = Limits {
+        max_connections: limits.max_connections.div_ceil(threads),
+        ..limits
+    };
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let listener = reuse_port_listener(addr)?;
+        let (tls, app, limits, mut stopped) = (
+            tls.clone(),
+            app.clone(),
+            per_thread.clone(),
+            stopped.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("nca-http-{i}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting a connection thread's runtime")?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_tls(listener, tls, app, limits, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+                })
+            })
+            .context("starting a connection thread")?;
+        handles.push(handle);
+    }
+    Ok(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        tokio::task::spawn_blocking(move || {
+            for h in handles {
+                match h.join() {
+                    Ok(Err(e)) => tracing::error!(error = %e, "connection thread"),
+                    Err(_) => tracing::error!("a connection thread panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+/// A non-blocking listening socket on `addr` that other sockets may share (SO_REUSEPORT).
+fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 async fn serve_connection<I>(
     io: TokioIo<I>,
     addr: SocketAddr,

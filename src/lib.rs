@@ -63,6 +63,7 @@ pub struct Inner {
     pub gates: protect::Gates,
     pub api_tokens: api_tokens::Tokens,
     pub queue: queue::Queue,
+    pub sessions: auth::session::SessionCache,
 }
 
 impl Deref for AppState {
@@ -123,6 +124,7 @@ impl AppState {
             gates: protect::Gates::new(&settings_admission),
             api_tokens: api_tokens::Tokens::default(),
             queue: queue::Queue::new(hash_threads),
+            sessions: auth::session::session_cache(),
         })))
     }
 }

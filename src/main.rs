@@ -379,6 +379,7 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
     let limits = http::Limits::from_settings(&s);
     let listen = s.listen();
     let admin = s.admin_listen();
+    let io_threads = s.io_threads();
     let state = AppState::open(s, Clock::System).await?;
     nca_portal::auth::spawn_revocation_refresh(state.clone());
     nca_portal::results::spawn_watch(state.clone());
@@ -395,18 +396,29 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, "serving");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    };
+    let app = nca_portal::app(state);
+    let threads = io_threads;
+    if listen.port() == 0 || threads <= 1 {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "serving");
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        return http::serve_tls(listener, tls, app, limits, shutdown).await;
+    }
+    // Bind (and so report a taken port) before saying we serve.
+    let serving = http::serve_threads(listen, threads, tls, app, limits, shutdown)?;
+    tracing::info!(%listen, threads, "serving");
     if let Some(b) = banner {
         println!("{b}");
     }
-    http::serve_tls(listener, tls, nca_portal::app(state), limits, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-    })
-    .await
+    serving.await
 }
 
 /// Demo accounts, all with this password (local use only).

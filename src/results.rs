@@ -945,11 +945,28 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
 pub type AuditEvent = db::Access;
 
 /// Write access records in the background, in arrival order, many to a statement: one
-/// statement per batch keeps up with downloads where one per row could not.
+/// statement per batch keeps up with downloads where one per row could not. After the first
+/// record of a batch the writer lingers `AUDIT_LINGER` so a busy stream gathers into a few
+/// large statements a second rather than many small ones (each of which wakes the database
+/// thread): on results morning that is the difference between the writer costing a fifth of
+/// the CPU and almost nothing. A record waits at most that long before it is written.
 pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditEvent>) {
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(4096);
-        while rx.recv_many(&mut batch, 4096).await > 0 {
+        let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        while rx.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
+            if batch.len() < AUDIT_BATCH {
+                tokio::time::sleep(AUDIT_LINGER).await;
+                while batch.len() < AUDIT_BATCH {
+                    let room = AUDIT_BATCH - batch.len();
+                    let more: Vec<AuditEvent> = std::iter::from_fn(|| rx.try_recv().ok())
+                        .take(room)
+                        .collect();
+                    if more.is_empty() {
+                        break;
+                    }
+                    batch.extend(more);
+                }
+            }
             if let Err(err) = db::access_batch(&db, &batch).await {
                 tracing::error!(error = %err, rows = batch.len(), "writing access records");
             }
@@ -957,6 +974,11 @@ pub fn spawn_audit_writer(db: db::Db, mut rx: tokio::sync::mpsc::Receiver<AuditE
         }
     });
 }
+
+/// Most access records in one statement.
+const AUDIT_BATCH: usize = 4096;
+/// How long the writer gathers records after the first of a batch.
+const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One incoming pupil as a KS3 school knows them.
 /// KS3 schools find incoming pupils' KS2 results (the rules are in `ks3`).

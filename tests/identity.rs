@@ -1107,3 +1107,50 @@ async fn past_hashing_capacity_sign_ins_wait_in_a_fair_queue_that_fails_open() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("name=\"password\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_threads_share_one_port_and_drain_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(Clock::System).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let limits = nca_portal::http::Limits {
+        handshake_timeout: Duration::from_secs(2),
+        max_connections: 64,
+        max_header_bytes: 16384,
+        drain: Duration::from_secs(2),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving =
+        nca_portal::http::serve_threads(addr, 2, None, app.router.clone(), limits, async {
+            let _ = rx.await;
+        })
+        .unwrap();
+    let server = tokio::spawn(serving);
+    // A second server cannot take the port from under it.
+    assert!(tokio::net::TcpListener::bind(addr).await.is_err());
+    // Many connections, spread by the kernel over both threads, all answered.
+    let mut answered = 0;
+    for _ in 0..40 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        answered += usize::from(out.starts_with("HTTP/1.1 200") && out.ends_with("ok\n"));
+    }
+    assert_eq!(answered, 40);
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("drained")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens after shutdown"
+    );
+}

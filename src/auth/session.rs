@@ -16,6 +16,8 @@ use super::roles::{Action, OrgKind, RoleSet, allows};
 use crate::AppState;
 
 pub const SESSION_COOKIE: &str = "nca_session";
+
+use std::sync::Arc;
 pub const DEVICE_COOKIE: &str = "nca_mfa";
 
 /// Everything a session carries. Short field names keep the cookie small.
@@ -205,10 +207,44 @@ fn decode(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SessionDa
 /// The signed-in user of a request whose session needs nothing written back, for the
 /// results fast path. None when there is no session, or it is idle, revoked, due to be
 /// re-issued or its password must change: the full middleware handles all of those.
-pub fn signed_in_as_is(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SignedIn> {
-    let u = decode(state, headers)?.user?;
+pub fn signed_in_as_is(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Arc<SignedIn>> {
+    let raw = raw_session_cookie(headers);
+    let u = match raw.and_then(|r| state.sessions.get(r)) {
+        Some(u) => u,
+        None => {
+            let u = Arc::new(decode(state, headers)?.user?);
+            if let Some(r) = raw {
+                state.sessions.insert(r.into(), u.clone());
+            }
+            u
+        }
+    };
     let current = matches!(standing(state, &u, state.clock.now()), Standing::Current);
     (current && !u.must_change).then_some(u)
+}
+
+/// The session cookie's value exactly as sent (still encrypted), when there is one.
+fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// Decrypted sessions of the fast path, by the cookie's exact (encrypted) value: decrypting
+/// and parsing a cookie costs more than the rest of a download. A value can only be here if
+/// it decrypted under our key, and it cannot change, so the cache holds no authority of its
+/// own; the session's standing (idle, revoked, expired password) is still checked on every
+/// request. Bounded in entries and time.
+pub type SessionCache = moka::sync::Cache<Box<str>, Arc<SignedIn>>;
+
+pub fn session_cache() -> SessionCache {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_idle(std::time::Duration::from_secs(120))
+        .build()
 }
 
 /// The device cookie's value, if this browser has one.
