@@ -1149,3 +1149,38 @@ async fn an_organisation_api_token_downloads_its_own_results_read_only_until_rev
         "{log:?}"
     );
 }
+
+#[tokio::test]
+async fn a_release_is_read_into_memory_before_it_opens() {
+    let (state, _router, _dir) = app().await;
+    let release = state.results.release().unwrap();
+    for path in ["school/9992001.csv", "school/9992001.csv.br", "la/999.csv"] {
+        assert!(
+            state.results.cached(&release, path).await.is_none(),
+            "{path}"
+        );
+    }
+    let (objects, bytes) = state.results.prewarm(&release).await;
+    assert!(
+        objects >= 6 && bytes > 0,
+        "{objects} objects, {bytes} bytes"
+    );
+    for path in [
+        "school/9992001.csv",
+        "school/9992001.csv.br",
+        "school/9992002.ctf.xml",
+        "la/999.csv",
+    ] {
+        let cached = state.results.cached(&release, path).await.expect(path);
+        let stored = state.results.object(&release, path).await.unwrap().unwrap();
+        assert_eq!(cached, stored, "{path}");
+    }
+    assert!(
+        state
+            .results
+            .cached(&release, "school/9992001.qla.csv")
+            .await
+            .is_none(),
+        "question-level analysis is read on demand"
+    );
+}
