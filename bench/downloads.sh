@@ -6,7 +6,7 @@
 # the session, authorisation, embargo, the rate limiters (raised so they never refuse) and is
 # audited. Prints requests/s for each and the ratios ours / nginx.
 #
-# Environment: CARGO_TARGET_DIR, SECS (default 10), CONNS (default 64), PERF (a file: record a
+# Environment: CARGO_TARGET_DIR, NO_BUILD (use the binaries already built), SECS (default 10), CONNS (default 64), PERF (a file: record a
 # perf profile of our server during its run), PERF_ON (https, the default, or http).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ CONNS="${CONNS:-64}"
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
 fi
-cargo build --release -q -p nca-portal -p nca-pipeline
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p nca-portal -p nca-pipeline
 P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
 W=$(mktemp -d /tmp/nca-downloads.XXXXXX)

@@ -37,6 +37,8 @@ pub struct Settings {
     pub email: Email,
     pub auth: Auth,
     pub results: ResultsSettings,
+    pub scripts: ScriptsSettings,
+    pub reviews: ReviewsSettings,
     pub rate_limits: RateLimits,
     pub admission: Admission,
 }
@@ -58,6 +60,26 @@ pub struct Admission {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResultsSettings {
     pub cache_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScriptsSettings {
+    pub cache_mib: u64,
+    pub read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReviewsSettings {
+    /// YYYY-MM-DD, or empty for `deadline_days` after results open.
+    pub deadline: String,
+    pub deadline_days: i64,
+}
+
+impl ReviewsSettings {
+    /// The configured deadline date, if one is set.
+    pub fn deadline_date(&self) -> Option<jiff::civil::Date> {
+        self.deadline.trim().parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +329,15 @@ impl Settings {
         }
         if self.auth.password_expiry_days < 0 {
             return bad("auth.password_expiry_days", "must be 0 (never) or more");
+        }
+        if !self.reviews.deadline.trim().is_empty() && self.reviews.deadline_date().is_none() {
+            return bad("reviews.deadline", "must be a date YYYY-MM-DD, or empty");
+        }
+        if self.reviews.deadline_days < 0 {
+            return bad("reviews.deadline_days", "must be 0 or more");
+        }
+        if self.scripts.read_timeout_ms == 0 {
+            return bad("scripts.read_timeout_ms", "must be at least 1");
         }
         if jiff::tz::TimeZone::get(&self.auth.timezone).is_err() {
             return bad("auth.timezone", "unknown IANA time zone");

@@ -13,11 +13,14 @@ pub mod error;
 pub mod http;
 pub mod ks3;
 pub mod orgs;
+pub mod pdf;
 pub mod portal;
 pub mod protect;
 pub mod queue;
 pub mod results;
 pub mod results_pages;
+pub mod reviews;
+pub mod scripts;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -58,6 +61,7 @@ pub struct Inner {
     pub revocations: Revocations,
     pub tz: jiff::tz::TimeZone,
     pub results: results::Results,
+    pub scripts: scripts::Pages,
     pub audit_tx: tokio::sync::mpsc::Sender<results::AuditEvent>,
     pub limits: protect::Limits,
     pub gates: protect::Gates,
@@ -76,10 +80,19 @@ impl Deref for AppState {
 impl AppState {
     /// Open everything the settings name: database (migrated), store, mailer, keys.
     pub async fn open(settings: Settings, clock: Clock) -> anyhow::Result<AppState> {
+        let store = Store::open(&settings.store_url())?;
+        AppState::open_with_store(settings, clock, store).await
+    }
+
+    /// As `open`, with the object store given (tests wrap one to inject faults).
+    pub async fn open_with_store(
+        settings: Settings,
+        clock: Clock,
+        store: Store,
+    ) -> anyhow::Result<AppState> {
         std::fs::create_dir_all(&settings.data.dir)
             .with_context(|| format!("creating data folder {}", settings.data.dir.display()))?;
         let db = db::connect(&settings.database_url(), settings.database.max_connections).await?;
-        let store = Store::open(&settings.store_url())?;
         let mailer = if settings.email.smtp_url.is_empty() {
             email::Mailer::outbox(settings.outbox(), &settings.email.from)?
         } else {
@@ -100,6 +113,11 @@ impl AppState {
         if let Err(e) = results.refresh().await {
             tracing::warn!(error = %e, "no release loaded yet");
         }
+        let scripts = scripts::Pages::new(
+            store.clone(),
+            settings.scripts.cache_mib * 1024 * 1024,
+            std::time::Duration::from_millis(settings.scripts.read_timeout_ms),
+        );
         let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(65_536);
         results::spawn_audit_writer(db.clone(), audit_rx);
         Ok(AppState(Arc::new(Inner {
@@ -119,6 +137,7 @@ impl AppState {
             clock,
             revocations,
             results,
+            scripts,
             audit_tx,
             limits: protect::Limits::new(&settings_limits),
             gates: protect::Gates::new(&settings_admission),
@@ -164,12 +183,20 @@ pub fn router(state: AppState) -> Router {
                 .merge(results_pages::routes())
                 .merge(ks3::routes())
                 .merge(api_tokens::routes())
+                .merge(scripts::page_routes())
+                .merge(reviews::routes())
                 .route_layer(middleware::from_fn_with_state(
                     gates.clone(),
                     protect::admit_page,
                 )),
         )
         .merge(api::routes())
+        .merge(
+            scripts::file_routes().route_layer(middleware::from_fn_with_state(
+                gates.clone(),
+                protect::admit_download,
+            )),
+        )
         .merge(
             results::routes()
                 .route_layer(middleware::from_fn_with_state(

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Reviews of marking.
+    Reviews {
+        #[command(subcommand)]
+        command: ReviewsCommand,
+    },
     /// The main job on embedded defaults: a synthetic cohort, a release, demo accounts, serve.
     Demo {
         #[command(flatten)]
@@ -63,6 +68,18 @@ enum Command {
         schools: usize,
         #[arg(long)]
         listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewsCommand {
+    /// Write every mark changed by a decided review as CSV (upn,paper,item,mark), for
+    /// `nca-pipeline correct` and a late-results publish.
+    Corrections {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -250,6 +267,28 @@ fn run() -> anyhow::Result<()> {
             })
         }
         Command::Users { command } => rt.block_on(users(command)),
+        Command::Reviews {
+            command: ReviewsCommand::Corrections { out, common },
+        } => {
+            let s = settings(&common, None, None)?;
+            rt.block_on(async {
+                let db = db::connect(&s.database_url(), s.database.max_connections).await?;
+                let rows = nca_portal::reviews::corrections(&db).await?;
+                let mut w = csv::Writer::from_path(&out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                w.write_record(["upn", "paper", "item", "mark"])?;
+                for (upn, paper, item, mark) in &rows {
+                    w.write_record([upn, paper, item, &mark.to_string()])?;
+                }
+                w.flush()?;
+                println!(
+                    "{} corrected marks written to {}",
+                    rows.len(),
+                    out.display()
+                );
+                Ok(())
+            })
+        }
         Command::Demo {
             common,
             schools,
@@ -424,6 +463,19 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
 /// Demo accounts, all with this password (local use only).
 const DEMO_PASSWORD: &str = "Demo-Portal-2025!";
 
+/// A school whose pupils have script pages in the intake, so the demo head sees scripts.
+fn school_with_scripts(intake: &std::path::Path) -> Option<String> {
+    let mut scripts = csv::Reader::from_path(intake.join("scripts.csv")).ok()?;
+    let upn = scripts.records().next()?.ok()?.get(0)?.to_string();
+    let mut pupils = csv::Reader::from_path(intake.join("pupils.csv")).ok()?;
+    let at = pupils.headers().ok()?.iter().position(|h| h == "laestab")?;
+    pupils
+        .records()
+        .flatten()
+        .find(|r| r.get(0) == Some(upn.as_str()))
+        .and_then(|r| r.get(at).map(String::from))
+}
+
 async fn demo(s: Settings, schools: usize) -> anyhow::Result<()> {
     let data = s.data.dir.clone();
     let intake = data.join("intake");
@@ -477,7 +529,7 @@ async fn demo(s: Settings, schools: usize) -> anyhow::Result<()> {
     let demo_users = [
         (
             "head@demo.school",
-            first(OrgKind::Ks2School),
+            school_with_scripts(&intake).or_else(|| first(OrgKind::Ks2School)),
             vec![
                 Role::AccountManager,
                 Role::GeneralUser,

@@ -51,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .route("/assets/portal.css", get(css))
         .route("/assets/session.js", get(js))
         .route("/assets/print.js", get(print_js))
+        .route("/assets/viewer.js", get(viewer_js))
 }
 
 // ---------- templates ----------
@@ -1453,5 +1454,12 @@ async fn print_js() -> Response {
     asset(
         "text/javascript; charset=utf-8",
         include_str!("../assets/print.js"),
+    )
+}
+
+async fn viewer_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/viewer.js"),
     )
 }

@@ -43,6 +43,8 @@ pub struct Release {
     pub summaries: Summaries,
     /// Late results: what changed since the previous release, by laestab.
     pub changes: HashMap<String, Vec<PupilChange>>,
+    /// The cycle's items and conversion tables (releases before they were published: None).
+    pub cycle: Option<nca_pipeline::outputs::Cycle>,
 }
 
 /// One pupil in the KS3 lookup index.
@@ -189,8 +191,16 @@ impl Results {
                 HashMap::new()
             }
         };
+        let cycle = if manifest.objects.contains_key(layout::CYCLE) {
+            Some(serde_json::from_slice(
+                &self.store.get_release_object(&id, layout::CYCLE).await?,
+            )?)
+        } else {
+            None
+        };
         let release = Arc::new(Release {
             id: id.clone(),
+            cycle,
             manifest,
             schools,
             pupils,
@@ -222,6 +232,8 @@ impl Results {
             .filter(|(p, _)| {
                 (p.starts_with("school/") || p.starts_with("la/") || p.starts_with("trust/"))
                     && !p.contains(".qla.")
+                    && !p.contains(".marks.")
+                    && !p.contains(".scripts.")
             })
             .map(|(p, e)| (p, e.size))
             .collect();
@@ -368,9 +380,28 @@ async fn tell_school(
         .map(|m| m.email)
         .collect();
     // Short lines, so the message travels as plain 7-bit text.
+    // A result that was M (missing) and now is not: that pupil's script has arrived.
+    let scripts_now = release.changes.get(laestab).map_or(0, |c| {
+        c.iter()
+            .filter(|p| {
+                p.fields
+                    .iter()
+                    .any(|f| f.column.ends_with("_result") && f.before == "M" && f.after != "M")
+            })
+            .count()
+    });
+    let scripts_line = if scripts_now > 0 {
+        format!(
+            "{scripts_now} pupils' marked test scripts that were not available\n\
+             before are now in the portal, with their results.\n\n"
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "The key stage 2 results of {name} ({laestab}) have been updated.\n\n\
          {pupils} pupils' results changed in the latest release.\n\n\
+         {scripts_line}\
          Sign in to the NCA Portal to see what changed and to download\n\
          the updated files:\n{}/results\n\n\
          This email does not name pupils, to keep their data safe.\n",

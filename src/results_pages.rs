@@ -244,7 +244,7 @@ async fn record_view(state: &AppState, user: &SignedIn, release: &Release, what:
 }
 
 /// The school's name as "Name (DfE number)".
-fn school_label(release: &Release, laestab: &str) -> String {
+pub(crate) fn school_label(release: &Release, laestab: &str) -> String {
     match release.names.get(laestab) {
         Some(n) => format!("{n} ({laestab})"),
         None => laestab.to_string(),
@@ -556,6 +556,22 @@ async fn school_view(
         "Science teacher assessment".into(),
     ));
     p.sections.push(detail);
+    if crate::scripts::may_see_scripts(&s.user, release, laestab) {
+        let mut scripts = Section {
+            heading: "Marked test scripts".into(),
+            links: vec![(
+                format!("/scripts/{laestab}"),
+                "See each pupil's marked test scripts".into(),
+            )],
+            ..Default::default()
+        };
+        if s.user.kind == OrgKind::Ks2School && s.user.may(Action::SchoolTasks) {
+            scripts
+                .links
+                .push(("/reviews".into(), "Reviews of marking".into()));
+        }
+        p.sections.push(scripts);
+    }
     let api = format!("/api/v1/results/school/{laestab}");
     let mut downloads = Section {
         heading: "Downloads".into(),

@@ -92,6 +92,18 @@ enum Command {
         #[arg(long, env = "NCA_PIPELINE_STORE")]
         store: String,
     },
+    /// Apply corrected marks (reviews of marking) to an intake, writing a new intake to
+    /// publish as late results.
+    Correct {
+        /// The intake the current release was published from.
+        dir: PathBuf,
+        /// CSV `upn,paper,item,mark`, as `nca-portal reviews corrections` writes it.
+        #[arg(long)]
+        corrections: PathBuf,
+        /// A new folder for the corrected intake.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make an earlier release current.
     Rollback {
         #[arg(long, env = "NCA_PIPELINE_STORE")]
@@ -306,6 +318,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Correct {
+            dir,
+            corrections,
+            out,
+        } => {
+            let n = nca_pipeline::correct::correct(&dir, &corrections, &out)?;
+            println!(
+                "{n} marks corrected; publish {} to release them as late results",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { store, to } => {

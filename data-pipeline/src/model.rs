@@ -88,8 +88,14 @@ pub struct MarkTotals {
     pub item_sum: Vec<u32>,
     /// Number of marks per school and item.
     pub item_n: Vec<u32>,
+    /// Each pupil's mark per item: `item_marks[pupil * n_items + item]`, [`NO_MARK`] where
+    /// none was recorded. Filled once after the parallel read, never merged.
+    pub item_marks: Vec<u8>,
     pub rows: u64,
 }
+
+/// An item with no mark recorded in [`MarkTotals::item_marks`].
+pub const NO_MARK: u8 = u8::MAX;
 
 impl MarkTotals {
     pub fn new(pupils: usize, schools: usize, items: usize) -> MarkTotals {
@@ -98,6 +104,7 @@ impl MarkTotals {
             has_marks: vec![0; pupils],
             item_sum: vec![0; schools * items],
             item_n: vec![0; schools * items],
+            item_marks: Vec::new(),
             rows: 0,
         }
     }
@@ -117,6 +124,14 @@ impl MarkTotals {
             *a += b;
         }
         self.rows += other.rows;
+    }
+
+    /// A pupil's mark for an item, if one was recorded.
+    pub fn item_mark(&self, pupil: usize, item: usize, n_items: usize) -> Option<u8> {
+        self.item_marks
+            .get(pupil * n_items + item)
+            .copied()
+            .filter(|&m| m != NO_MARK)
     }
 }
 

@@ -422,6 +422,78 @@ fn csv_safe(s: &str) -> String {
     o
 }
 
+/// A school's item-level marks, one row per pupil in the results file's order: `upn`, then
+/// one column per item named `<paper>:<item>` in the items table's order, empty where no
+/// mark was recorded. The script viewer shows these beside the pages, and reviews of marking
+/// start from them.
+pub fn item_marks_csv(intake: &Intake, rows: &[ResultRow]) -> Vec<u8> {
+    let n_items = intake.items.len();
+    let mut out = String::from("upn");
+    for it in &intake.items {
+        out.push(',');
+        push_field(&mut out, &format!("{}:{}", it.paper, it.label));
+    }
+    out.push_str(EOL);
+    for r in rows {
+        let p = r.pupil as usize;
+        out.push_str(&intake.pupils[p].upn.to_string());
+        for i in 0..n_items {
+            out.push(',');
+            if let Some(m) = intake.marks.item_mark(p, i, n_items) {
+                out.push_str(&m.to_string());
+            }
+        }
+        out.push_str(EOL);
+    }
+    out.into_bytes()
+}
+
+/// The cycle's mark scheme and conversion tables, for the raw-to-scaled calculator and the
+/// script viewer: items with their maximum marks, and per subject the scaled score of every
+/// raw score (`null` where no scaled score is awarded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cycle {
+    pub year: i32,
+    pub items: Vec<CycleItem>,
+    /// Subject -> scaled score by raw score.
+    pub conversion: BTreeMap<String, Vec<Option<u8>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CycleItem {
+    pub paper: String,
+    pub item: String,
+    pub max_mark: u8,
+}
+
+pub fn cycle(intake: &Intake) -> Cycle {
+    Cycle {
+        year: intake.year,
+        items: intake
+            .items
+            .iter()
+            .map(|it| CycleItem {
+                paper: it.paper.to_string(),
+                item: it.label.clone(),
+                max_mark: it.max_mark,
+            })
+            .collect(),
+        conversion: Subject::ALL
+            .iter()
+            .map(|&s| {
+                let table = intake.conversion.scaled[s.index()]
+                    .iter()
+                    .map(|c| match c {
+                        Conversion::Scaled(v) => Some(v.get()),
+                        Conversion::NotAwarded => None,
+                    })
+                    .collect();
+                (s.to_string(), table)
+            })
+            .collect(),
+    }
+}
+
 /// Per item, the national (sum, count) of marks.
 pub fn national_item_totals(intake: &Intake) -> Vec<(u64, u64)> {
     let n_items = intake.items.len();
@@ -553,6 +625,35 @@ pub fn scripts_index(intake: &Intake) -> Vec<u8> {
         )),
     ];
     parquet_bytes(RecordBatch::try_new(schema, arrays).expect("consistent columns"))
+}
+
+/// One school's script pages (`upn,paper,page,object_key,sha256`), by pupil, paper and page:
+/// what the server needs to find and check a page, fetched only when the school's scripts
+/// are viewed.
+pub fn school_scripts_csv(intake: &Intake, pages: &[&crate::model::ScriptPage]) -> Vec<u8> {
+    let mut pages = pages.to_vec();
+    pages.sort_by(|a, b| {
+        let (pa, pb) = (
+            &intake.pupils[a.pupil as usize],
+            &intake.pupils[b.pupil as usize],
+        );
+        (pa.upn, a.paper, a.page).cmp(&(pb.upn, b.paper, b.page))
+    });
+    let mut out = String::from("upn,paper,page,object_key,sha256");
+    out.push_str(EOL);
+    for s in pages {
+        out.push_str(&intake.pupils[s.pupil as usize].upn.to_string());
+        out.push(',');
+        out.push_str(s.paper.as_str());
+        out.push(',');
+        out.push_str(&s.page.to_string());
+        out.push(',');
+        push_field(&mut out, &s.object_key);
+        out.push(',');
+        out.push_str(&s.sha256);
+        out.push_str(EOL);
+    }
+    out.into_bytes()
 }
 
 /// Organisations in the release, for the server's lists and lookups.

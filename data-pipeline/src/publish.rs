@@ -357,6 +357,7 @@ enum Job {
     Results,
     UpnIndex,
     Scripts,
+    Cycle,
     Summaries,
     Organisations,
     Changes,
@@ -371,6 +372,11 @@ fn produce(
     tx: tokio::sync::mpsc::Sender<Vec<(String, Bytes)>>,
 ) -> anyhow::Result<()> {
     let national_items = outputs::national_item_totals(intake);
+    let mut school_pages: Vec<Vec<&crate::model::ScriptPage>> =
+        vec![Vec::new(); intake.schools.len()];
+    for page in &intake.scripts {
+        school_pages[intake.pupils[page.pupil as usize].school as usize].push(page);
+    }
     let mut las_schools: HashMap<crate::domain::LaCode, Vec<usize>> = HashMap::new();
     let mut trust_schools: HashMap<u32, Vec<usize>> = HashMap::new();
     let mut order: Vec<usize> = (0..intake.schools.len()).collect();
@@ -386,6 +392,7 @@ fn produce(
         Job::Results,
         Job::UpnIndex,
         Job::Scripts,
+        Job::Cycle,
         Job::Summaries,
         Job::Organisations,
         Job::Changes,
@@ -423,6 +430,16 @@ fn produce(
                     layout::school_qla(&l),
                     outputs::qla_csv(intake, *i, &national_items),
                 ));
+                out.push((
+                    layout::school_item_marks(&l),
+                    outputs::item_marks_csv(intake, rows),
+                ));
+                if !school_pages[*i].is_empty() {
+                    out.push((
+                        layout::school_scripts(&l),
+                        outputs::school_scripts_csv(intake, &school_pages[*i]),
+                    ));
+                }
             }
             Job::La(i) => {
                 let la = &intake.las[*i];
@@ -455,6 +472,10 @@ fn produce(
             Job::Scripts => {
                 out.push((layout::SCRIPTS_INDEX.into(), outputs::scripts_index(intake)))
             }
+            Job::Cycle => out.push((
+                layout::CYCLE.into(),
+                serde_json::to_vec(&outputs::cycle(intake))?,
+            )),
             Job::Summaries => out.push((
                 layout::SUMMARIES.into(),
                 serde_json::to_vec(&summaries(intake, by_school))?,

@@ -65,6 +65,7 @@ pub mod layout {
     pub const UPN_INDEX: &str = "upn-index.parquet";
     pub const SCRIPTS_INDEX: &str = "scripts-index.parquet";
     pub const CHANGES: &str = "changes.json";
+    pub const CYCLE: &str = "cycle.json";
 
     pub fn school_csv(laestab: &str) -> String {
         format!("school/{laestab}.csv")
@@ -74,6 +75,12 @@ pub mod layout {
     }
     pub fn school_qla(laestab: &str) -> String {
         format!("school/{laestab}.qla.csv")
+    }
+    pub fn school_scripts(laestab: &str) -> String {
+        format!("school/{laestab}.scripts.csv")
+    }
+    pub fn school_item_marks(laestab: &str) -> String {
+        format!("school/{laestab}.marks.csv")
     }
     pub fn la_csv(code: &str) -> String {
         format!("la/{code}.csv")
@@ -188,6 +195,17 @@ impl Store {
             .await
             .with_context(|| format!("writing {p}"))?;
         Ok(())
+    }
+
+    /// Read an object at a key relative to the store (script pages).
+    pub async fn get_key(&self, key: &str) -> anyhow::Result<Bytes> {
+        let p = self.path(key);
+        let r = self
+            .inner
+            .get(&p)
+            .await
+            .with_context(|| format!("reading {p}"))?;
+        r.bytes().await.with_context(|| format!("reading {p}"))
     }
 
     /// Whether an object exists at a key relative to the store.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use indicatif::ProgressBar;
 
@@ -87,7 +87,11 @@ pub fn load(
     };
     let marks = match files.get(&Table::Marks) {
         Some(tf) => v.load_marks(tf, progress),
-        None => MarkTotals::new(v.pupils.len(), v.schools.len(), v.items.len()),
+        None => {
+            let mut t = MarkTotals::new(v.pupils.len(), v.schools.len(), v.items.len());
+            t.item_marks = vec![crate::model::NO_MARK; v.pupils.len() * v.items.len()];
+            t
+        }
     };
     Intake {
         year: conversion.year,
@@ -761,10 +765,13 @@ impl<'r> Loader<'r> {
             seen: (0..(self.pupils.len() * n_items).div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            marks: (0..self.pupils.len() * n_items)
+                .map(|_| AtomicU8::new(crate::model::NO_MARK))
+                .collect(),
             schools: self.schools.len(),
             pupils_known: self.pupils_known,
         };
-        match tf.format {
+        let mut totals = match tf.format {
             Format::Csv => {
                 let mut w = ctx.worker();
                 let res = intake::for_each_row(
@@ -785,7 +792,9 @@ impl<'r> Loader<'r> {
                 w.totals
             }
             Format::Parquet => ctx.parquet(tf, progress),
-        }
+        };
+        totals.item_marks = ctx.marks.into_iter().map(AtomicU8::into_inner).collect();
+        totals
     }
 }
 
@@ -800,6 +809,9 @@ struct MarkCtx<'a> {
     n_items: usize,
     /// One bit per pupil and item, set on first sight: a second sight is a duplicate.
     seen: Vec<AtomicU64>,
+    /// Each pupil's mark per item (pupil * n_items + item), written once: duplicates are
+    /// refused by `seen` first.
+    marks: Vec<AtomicU8>,
     schools: usize,
     pupils_known: bool,
 }
@@ -1026,6 +1038,7 @@ impl MarkWorker<'_, '_> {
             );
             return;
         }
+        ctx.marks[bit].store(m as u8, Ordering::Relaxed);
         let t = &mut self.totals;
         t.raw[p as usize * 6 + paper_v.index()] += m;
         t.has_marks[p as usize] |= 1 << paper_v.index();

@@ -599,6 +599,78 @@ const journeys = [
     },
   },
   {
+    letter: 'h',
+    title: 'a school reads a marked script page by page with the keyboard, prints it, and applies for a review',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/results/school/9992001', { label: 'school results' });
+      await page.getByRole('link', { name: "See each pupil's marked test scripts" }).click();
+      await page.waitForURL('**/scripts/9992001');
+      await j.axe(page, 'scripts list');
+      await expectHeading(page, 'Marked test scripts');
+      await page.getByRole('link', { name: 'Ann Able: reading' }).click();
+      await page.waitForURL('**/scripts/9992001/P999200113001/reading');
+      await j.axe(page, 'script viewer');
+      const images = page.locator('.nca-script__page img');
+      equal(await images.count(), 3, 'pages shown');
+      // Every page image loads: the browser fetched and decoded it.
+      for (let i = 0; i < 3; i++) {
+        await images.nth(i).scrollIntoViewIfNeeded();
+        const width = await images.nth(i).evaluate(async (img) => {
+          if (!img.complete) await new Promise((r) => img.addEventListener('load', r, { once: true }));
+          return img.naturalWidth;
+        });
+        equal(width, 248, `page ${i + 1} image width`);
+      }
+      check((await page.locator('main').textContent()).includes('Marks awarded per question'), 'no marks beside the pages');
+      // The keyboard moves between pages.
+      await page.locator('h1').click();
+      await page.keyboard.press('ArrowRight');
+      equal(await page.evaluate(() => document.activeElement.id), 'page-2', 'focus after ArrowRight');
+      await page.keyboard.press('ArrowRight');
+      equal(await page.evaluate(() => document.activeElement.id), 'page-3', 'focus after a second ArrowRight');
+      await page.keyboard.press('ArrowLeft');
+      equal(await page.evaluate(() => document.activeElement.id), 'page-2', 'focus after ArrowLeft');
+      // The print view: a page a sheet, nothing of the site around it.
+      await page.getByRole('link', { name: 'Print view' }).click();
+      await page.waitForURL('**/reading/print');
+      await j.axe(page, 'script print view');
+      await page.emulateMedia({ media: 'print' });
+      equal(await page.locator('.nca-script__page').first().evaluate((e) => getComputedStyle(e).breakAfter), 'page', 'pages break when printed');
+      equal(await page.locator('header.govuk-header').evaluate((e) => getComputedStyle(e).display), 'none', 'header when printed');
+      await page.emulateMedia({ media: 'screen' });
+      // The whole paper as a PDF.
+      const pdf = await page.request.get('/scripts/9992001/P999200113001/reading/pdf');
+      equal(pdf.status(), 200, 'PDF download');
+      check((await pdf.body()).subarray(0, 5).toString() === '%PDF-', 'the download is a PDF');
+      // Apply for a review from the viewer.
+      await j.goto(page, '/scripts/9992001/P999200113001/reading', { label: 'script viewer again' });
+      await page.getByRole('link', { name: 'Apply for a review of marking for this paper' }).click();
+      await page.waitForURL('**/reviews/new**');
+      await j.axe(page, 'review: choose');
+      check(await page.getByLabel(/Ann Able \(P999200113001\): English reading/).isChecked(), 'the paper is chosen already');
+      await j.submit(page, 'Continue', { status: 422, path: '/reviews/new', label: 'review: no kind chosen' });
+      await expectErrors(page, ['Select the kind of review']);
+      await page.getByLabel(/^Marking review/).check();
+      await j.submit(page, 'Continue', { path: '/reviews/new', label: 'review: reasons' });
+      await expectHeading(page, 'Your reasons for each paper');
+      await j.submit(page, 'Continue', { status: 422, path: '/reviews/reasons', label: 'review: reason missing' });
+      await expectErrors(page, ['Enter your reason for reviewing this paper']);
+      await page.getByLabel(/^Reason for Ann Able/).fill('Question 1: the answer on page 2 meets the mark scheme.');
+      await j.submit(page, 'Continue', { path: '/reviews/reasons', label: 'review: check your answers' });
+      await expectHeading(page, 'Check your answers before applying');
+      await j.submit(page, 'Accept and submit', { label: 'review: submitted' });
+      await expectHeading(page, 'Review of marking application');
+      const notice = await page.locator('.govuk-notification-banner').textContent();
+      check(/Application submitted/.test(notice), `no confirmation: ${notice}`);
+      await j.goto(page, '/reviews', { label: 'reviews list' });
+      check((await page.locator('main').textContent()).includes('awaiting outcome'), 'the list does not show the application');
+      await j.goto(page, '/reviews/calculator?subject=reading&raw=20&change=2', { label: 'calculator' });
+      check((await page.locator('main').textContent()).includes('raw 22'), 'the calculator shows the raw score after the change');
+    },
+  },
+  {
     letter: 'g',
     title: 'an account manager creates an API token, uses it, and revokes it',
     async run(j, browser) {
