@@ -707,7 +707,9 @@ async fn publish_changed(state: &AppState, dir: &Path) {
         }
     }
     let marks = std::fs::read_to_string(dir.join("marks.csv")).unwrap();
-    let changed = marks.replace("P999200113001,reading,1,27", "P999200113001,reading,1,35");
+    // Ann Able's reading mark changes, and Ivy Ince's missing (M) reading script is marked.
+    let changed = marks.replace("P999200113001,reading,1,27", "P999200113001,reading,1,35")
+        + "C999200113009,reading,1,33\n";
     assert_ne!(marks, changed);
     std::fs::write(dir.join("marks.csv"), changed).unwrap();
     let opts = nca_pipeline::publish::PublishOptions {
@@ -756,8 +758,15 @@ async fn late_results_email_the_account_managers_once_and_the_page_says_what_cha
     let (subject, body) =
         nca_portal::email::latest_in_outbox(&outbox, "manager@a.sch.uk").expect("manager told");
     assert!(subject.contains("results have been updated"), "{subject}");
-    assert!(body.contains("1 pupils' results") && body.contains("/results"));
-    assert!(!body.contains("Able"), "the email names no pupil");
+    assert!(body.contains("2 pupils' results") && body.contains("/results"));
+    assert!(
+        body.contains("1 pupils' marked test scripts that were not available"),
+        "a script that was missing is now in the portal: {body}"
+    );
+    assert!(
+        !body.contains("Able") && !body.contains("Ince"),
+        "the email names no pupil"
+    );
     // General users are not account managers; the other school did not change.
     assert!(!told("school@a.sch.uk") && !told("academy@b.sch.uk"));
     // Told once: another pass (or another node) sends nothing.

@@ -322,3 +322,54 @@ async fn opening_times_must_be_in_order() {
     assert!(format!("{:?}", res.unwrap_err()).contains("before --opens-at"));
     assert_eq!(store.current().await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reviewed_marks_become_a_corrected_intake_and_a_late_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store").to_str().unwrap()).unwrap();
+    let first = publish(&store, &rules_fixture()).await.unwrap();
+    // A review raised Ann Able's reading mark from 27 to 29, and marked Ivy Ince's reading
+    // script, which had been missing.
+    let corrections = tmp.path().join("corrections.csv");
+    std::fs::write(
+        &corrections,
+        "upn,paper,item,mark\nP999200113001,reading,1,29\nC999200113009,reading,1,33\n",
+    )
+    .unwrap();
+    let fixed = tmp.path().join("corrected");
+    let before = snapshot(&rules_fixture());
+    let n = nca_pipeline::correct::correct(&rules_fixture(), &corrections, &fixed).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        snapshot(&rules_fixture()),
+        before,
+        "the source intake is untouched"
+    );
+    // A second run into the same folder is refused rather than overwriting it.
+    assert!(nca_pipeline::correct::correct(&rules_fixture(), &corrections, &fixed).is_err());
+    let second = publish(&store, &fixed).await.unwrap();
+    assert_eq!(second.previous.as_deref(), Some(first.id.as_str()));
+    let school = &second.changes.schools[0];
+    let changed: Vec<(&str, Vec<(&str, &str, &str)>)> = school
+        .pupils
+        .iter()
+        .map(|p| {
+            (
+                p.upn.as_str(),
+                p.fields
+                    .iter()
+                    .filter(|f| f.column == "reading_raw")
+                    .map(|f| (f.column.as_str(), f.before.as_str(), f.after.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert!(
+        changed.contains(&("P999200113001", vec![("reading_raw", "27", "29")])),
+        "{changed:?}"
+    );
+    assert!(
+        changed.contains(&("C999200113009", vec![("reading_raw", "", "33")])),
+        "{changed:?}"
+    );
+}
