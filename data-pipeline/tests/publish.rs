@@ -350,7 +350,8 @@ async fn reviewed_marks_become_a_corrected_intake_and_a_late_release() {
     let second = publish(&store, &fixed).await.unwrap();
     assert_eq!(second.previous.as_deref(), Some(first.id.as_str()));
     let school = &second.changes.schools[0];
-    let changed: Vec<(&str, Vec<(&str, &str, &str)>)> = school
+    type Change<'a> = (&'a str, &'a str, &'a str);
+    let changed: Vec<(&str, Vec<Change>)> = school
         .pupils
         .iter()
         .map(|p| {
