@@ -34,7 +34,7 @@ echo "setting up a 100-school release in $W"
 "$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
 "$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
 # The largest school file, for a body near the 16 KiB of the brief's anchor.
-CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -v qla | awk "NR == 1")
+CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -E "/[0-9]{7}\.csv$" | awk "NR == 1")
 LAESTAB=$(basename "$CSV" .csv)
 PW='Tr0ubadour&Bells-42'
 "$S" users add --email bench@school.sch.uk --org "$LAESTAB" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null

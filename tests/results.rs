@@ -1099,3 +1099,24 @@ async fn a_release_is_read_into_memory_before_it_opens() {
         "question-level analysis is read on demand"
     );
 }
+
+#[tokio::test]
+async fn a_missing_script_says_not_yet_available() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    // Ivy Ince's reading result is M: her script has not been marked (nor scanned) yet.
+    let (status, page) = text(&router, "/scripts/9992001", &school).await;
+    assert_eq!(status, StatusCode::OK);
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains("C999200113009"))
+        .expect("Ivy Ince listed");
+    assert!(row.contains("reading: script not yet available"), "{row}");
+    let (status, page) = text(&router, "/scripts/9992001/C999200113009/reading", &school).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Script not yet available"), "{page}");
+    assert!(!page.contains("/pdf\""), "no PDF of a script that is not there");
+    let (status, _) = text(&router, "/scripts/9992001/C999200113009/reading/pdf", &school).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
