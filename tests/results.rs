@@ -1116,7 +1116,15 @@ async fn a_missing_script_says_not_yet_available() {
     let (status, page) = text(&router, "/scripts/9992001/C999200113009/reading", &school).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Script not yet available"), "{page}");
-    assert!(!page.contains("/pdf\""), "no PDF of a script that is not there");
-    let (status, _) = text(&router, "/scripts/9992001/C999200113009/reading/pdf", &school).await;
+    assert!(
+        !page.contains("/pdf\""),
+        "no PDF of a script that is not there"
+    );
+    let (status, _) = text(
+        &router,
+        "/scripts/9992001/C999200113009/reading/pdf",
+        &school,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
