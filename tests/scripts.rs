@@ -241,17 +241,18 @@ async fn world(tweak: impl FnOnce(&mut Settings)) -> World {
         })
         .unwrap();
     let (la, trust) = release.schools[&school].clone();
-    let other_school = release
-        .schools
+    // Another primary school (KS3 schools cannot hold school roles), in another LA if any.
+    let primaries: Vec<(String, String)> = csv::Reader::from_path(intake.join("schools.csv"))
+        .unwrap()
+        .records()
+        .flatten()
+        .filter(|r| &r[4] == "primary" && r[1] != school)
+        .map(|r| (r[1].to_string(), r[3].to_string()))
+        .collect();
+    let other_school = primaries
         .iter()
-        .find(|(l, (sla, _))| **l != school && *sla != la)
-        .or_else(|| {
-            release
-                .schools
-                .keys()
-                .find(|l| **l != school)
-                .map(|l| (l, &release.schools[l]))
-        })
+        .find(|(_, l)| *l != la)
+        .or_else(|| primaries.first())
         .map(|(l, _)| l.clone())
         .unwrap();
     let other_la = release
