@@ -12,6 +12,7 @@
     clearTimeout(warnTimer); clearTimeout(endTimer); clearInterval(tick);
     warnTimer = setTimeout(show, (idle - warn) * 1000);
     endTimer = setTimeout(function () {
+      saveDrafts();
       window.location.href = '/sign-in?timeout=1&next=' + encodeURIComponent(location.pathname + location.search);
     }, idle * 1000);
   }
@@ -28,6 +29,28 @@
   stay.addEventListener('click', function () {
     fetch('/session/keepalive', { method: 'POST', headers: { 'x-csrf-token': csrf }, credentials: 'same-origin' })
       .then(function (r) { if (r.ok) { dialog.close ? dialog.close() : dialog.removeAttribute('open'); schedule(); } else { location.reload(); } });
+  });
+  // Forms marked data-autosave keep a draft on the server as the user types, so a time-out or
+  // a closed tab loses nothing: returning to the page brings the draft back.
+  var pending = null;
+  function saveDrafts() {
+    clearTimeout(pending);
+    document.querySelectorAll('form[data-autosave]').forEach(function (f) {
+      var body = new URLSearchParams(new FormData(f));
+      body.delete('csrf');
+      fetch(f.getAttribute('data-autosave'), {
+        method: 'POST', keepalive: true, credentials: 'same-origin',
+        headers: { 'x-csrf-token': csrf, 'content-type': 'application/x-www-form-urlencoded' }, body: body
+      }).then(function (r) {
+        var s = document.getElementById('autosave-status');
+        if (s && r.ok) { s.textContent = 'Draft saved at ' + new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }); }
+      }).catch(function () {});
+    });
+  }
+  document.querySelectorAll('form[data-autosave]').forEach(function (f) {
+    var later = function () { clearTimeout(pending); pending = setTimeout(saveDrafts, 800); };
+    f.addEventListener('input', later);
+    f.addEventListener('change', later);
   });
   schedule();
 })();

@@ -39,6 +39,7 @@ pub struct Settings {
     pub results: ResultsSettings,
     pub scripts: ScriptsSettings,
     pub reviews: ReviewsSettings,
+    pub activities: ActivitiesSettings,
     pub rate_limits: RateLimits,
     pub admission: Admission,
 }
@@ -66,6 +67,14 @@ pub struct ResultsSettings {
 pub struct ScriptsSettings {
     pub cache_mib: u64,
     pub read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActivitiesSettings {
+    /// Path of the cycle file; empty for the embedded config/cycle-2025.toml.
+    pub cycle: String,
+    /// Whole days added to every date in the cycle file (0 in production).
+    pub shift_days: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +341,9 @@ impl Settings {
         }
         if !self.reviews.deadline.trim().is_empty() && self.reviews.deadline_date().is_none() {
             return bad("reviews.deadline", "must be a date YYYY-MM-DD, or empty");
+        }
+        if self.activities.shift_days.abs() > 36_500 {
+            return bad("activities.shift_days", "must be within 100 years");
         }
         if self.reviews.deadline_days < 0 {
             return bad("reviews.deadline_days", "must be 0 or more");

@@ -69,6 +69,32 @@ pub struct Org {
     pub trust_uid: Option<String>,
     pub phone: String,
     pub email: String,
+    pub school_type: Option<String>,
+}
+
+/// Every organisation of a kind, by id (the operator's status pages).
+pub async fn orgs_of_kind(db: &Db, kind: OrgKind) -> sqlx::Result<Vec<Org>> {
+    let rows = sqlx::query("SELECT * FROM orgs WHERE kind = $1 ORDER BY id")
+        .bind(kind.as_str())
+        .fetch_all(db)
+        .await?;
+    Ok(rows.iter().map(org_from).collect())
+}
+
+/// The schools of an LA or a trust.
+pub async fn schools_of(
+    db: &Db,
+    la_code: Option<&str>,
+    trust: Option<&str>,
+) -> sqlx::Result<Vec<Org>> {
+    let rows = sqlx::query(
+        "SELECT * FROM orgs WHERE kind = 'ks2-school' AND (la_code = $1 OR trust_uid = $2) ORDER BY name",
+    )
+    .bind(la_code.unwrap_or("\u{0}"))
+    .bind(trust.unwrap_or("\u{0}"))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(org_from).collect())
 }
 
 fn org_from(r: &sqlx::any::AnyRow) -> Org {
@@ -80,6 +106,7 @@ fn org_from(r: &sqlx::any::AnyRow) -> Org {
         trust_uid: r.get("trust_uid"),
         phone: r.get("phone"),
         email: r.get("email"),
+        school_type: r.get("school_type"),
     }
 }
 

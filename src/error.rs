@@ -12,6 +12,10 @@ pub enum AppError {
     NotFound,
     #[error("the form was out of date (CSRF token did not match)")]
     Csrf,
+    /// A refusal the user must understand: a deadline passed, a gate not met. Status, title
+    /// and text as shown.
+    #[error("{1}")]
+    Refused(StatusCode, String, String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -24,7 +28,7 @@ impl From<sqlx::Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, title, text) = match &self {
+        let (status, title, text): (StatusCode, &str, &str) = match &self {
             AppError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "You do not have permission to view this page",
@@ -40,6 +44,7 @@ impl IntoResponse for AppError {
                 "This form has expired",
                 "Go back, reload the page and try again.",
             ),
+            AppError::Refused(status, title, text) => (*status, title, text),
             AppError::Unexpected(e) => {
                 tracing::error!(error = %e, "unexpected error");
                 (

@@ -3,6 +3,7 @@
 //! the JSON flows; `db` the portal database; `email` outgoing mail; `config` the settings.
 
 pub mod accounts;
+pub mod activities;
 pub mod api;
 pub mod api_tokens;
 pub mod auth;
@@ -68,6 +69,8 @@ pub struct Inner {
     pub api_tokens: api_tokens::Tokens,
     pub queue: queue::Queue,
     pub sessions: auth::session::SessionCache,
+    /// The test cycle's activities (checked at start).
+    pub cycle: activities::Cycle,
 }
 
 impl Deref for AppState {
@@ -118,6 +121,7 @@ impl AppState {
             settings.scripts.cache_mib * 1024 * 1024,
             std::time::Duration::from_millis(settings.scripts.read_timeout_ms),
         );
+        let cycle = activities::cycle::load(&settings.activities, &settings.timezone())?;
         let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(65_536);
         results::spawn_audit_writer(db.clone(), audit_rx);
         Ok(AppState(Arc::new(Inner {
@@ -144,6 +148,7 @@ impl AppState {
             api_tokens: api_tokens::Tokens::default(),
             queue: queue::Queue::new(hash_threads),
             sessions: auth::session::session_cache(),
+            cycle,
         })))
     }
 }
@@ -185,6 +190,7 @@ pub fn router(state: AppState) -> Router {
                 .merge(api_tokens::routes())
                 .merge(scripts::page_routes())
                 .merge(reviews::routes())
+                .merge(activities::routes())
                 .route_layer(middleware::from_fn_with_state(
                     gates.clone(),
                     protect::admit_page,

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: ReviewsCommand,
     },
+    /// The activities of the cycle (My Activity): census import and export to the pipeline.
+    Activities {
+        #[command(subcommand)]
+        command: ActivitiesCommand,
+    },
     /// The main job on embedded defaults: a synthetic cohort, a release, demo accounts, serve.
     Demo {
         #[command(flatten)]
@@ -68,6 +73,32 @@ enum Command {
         schools: usize,
         #[arg(long)]
         listen: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ActivitiesCommand {
+    /// Pre-fill pupil registration from a census export: a CSV of the data contract's `pupils`
+    /// columns (statuses may be empty for "registered"). Every row is checked first; any
+    /// problem and nothing is written. Pupils schools already have are kept as they are.
+    Census {
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write what schools registered, recorded and submitted as the data contract's
+    /// pupils.csv, attendance.csv and ta.csv, for `nca-pipeline validate` and `publish`.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check a cycle file and list its activities (the server refuses a bad one at start).
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -289,6 +320,7 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Activities { command } => rt.block_on(activities(command)),
         Command::Demo {
             common,
             schools,
@@ -297,6 +329,94 @@ fn run() -> anyhow::Result<()> {
             let s = settings(&common, listen, None)?;
             init_logs(s.server.json_logs);
             rt.block_on(demo(s, schools))
+        }
+    }
+}
+
+async fn activities(command: ActivitiesCommand) -> anyhow::Result<()> {
+    use nca_portal::activities::{cycle, export};
+    match command {
+        ActivitiesCommand::Census { file, common } => {
+            let s = settings(&common, None, None)?;
+            let c = cycle::load(&s.activities, &s.timezone())?;
+            let db = db::connect(&s.database_url(), s.database.max_connections).await?;
+            let now = jiff::Timestamp::now().as_second();
+            match export::census(&db, c.year, &file, now).await? {
+                Ok(n) => {
+                    db::audit(
+                        &db,
+                        db::Audit {
+                            actor: Some("cli"),
+                            action: "census-imported",
+                            target: Some(&file.display().to_string()),
+                            detail: format!("{n} pupils added"),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await?;
+                    println!(
+                        "{n} pupils added to pupil registration for the {} cycle",
+                        c.year
+                    );
+                    Ok(())
+                }
+                Err(problems) => {
+                    for p in problems.iter().take(200) {
+                        eprintln!("{p}");
+                    }
+                    anyhow::bail!(
+                        "{} problems in {}: nothing was imported",
+                        problems.len(),
+                        file.display()
+                    )
+                }
+            }
+        }
+        ActivitiesCommand::Export { out, common } => {
+            let s = settings(&common, None, None)?;
+            let c = cycle::load(&s.activities, &s.timezone())?;
+            let db = db::connect(&s.database_url(), s.database.max_connections).await?;
+            let [p, a, t] = export::write_all(&db, c.year, &out).await?;
+            db::audit(
+                &db,
+                db::Audit {
+                    actor: Some("cli"),
+                    action: "activities-exported",
+                    target: Some(&out.display().to_string()),
+                    detail: format!("{p} pupils, {a} attendance, {t} ta"),
+                    ..Default::default()
+                },
+                jiff::Timestamp::now().as_second(),
+            )
+            .await?;
+            println!(
+                "{}: pupils.csv ({p} pupils), attendance.csv ({a} rows), ta.csv ({t} pupils)",
+                out.display()
+            );
+            Ok(())
+        }
+        ActivitiesCommand::Check { file, common } => {
+            let s = settings(&common, None, None)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let c = cycle::parse(
+                &file.display().to_string(),
+                &text,
+                &s.timezone(),
+                s.activities.shift_days,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{}: the {} cycle, {} activities",
+                file.display(),
+                c.year,
+                c.activities.len()
+            );
+            for a in &c.activities {
+                println!("  {} ({} audiences)", a.id, a.audiences.len());
+            }
+            Ok(())
         }
     }
 }

@@ -58,9 +58,9 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Template)]
 #[template(path = "error.html")]
-pub struct ErrorPage {
-    pub title: &'static str,
-    pub text: &'static str,
+pub struct ErrorPage<'a> {
+    pub title: &'a str,
+    pub text: &'a str,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -225,6 +225,13 @@ impl FormData {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+    /// Every (name, value) pair, in order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
     pub fn all(&self, name: &str) -> Vec<String> {
         self.0
             .iter()
@@ -303,6 +310,18 @@ fn account_links(u: &SignedIn) -> Vec<(String, String)> {
     let mut l = vec![("/account".to_string(), "My account".to_string())];
     if u.may(Action::ViewResults) {
         l.insert(0, ("/results".into(), "KS2 test results".into()));
+    }
+    if matches!(u.kind, OrgKind::Ks2School | OrgKind::La | OrgKind::Mat) {
+        l.insert(0, ("/activities".into(), "My Activity".into()));
+    }
+    if u.may(Action::Operate) {
+        l.insert(
+            0,
+            (
+                "/operator/activities".into(),
+                "Activities: every school's status".into(),
+            ),
+        );
     }
     if u.may(Action::ManageUsers) {
         l.push(("/account/users".into(), "Manage users".into()));
