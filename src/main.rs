@@ -596,7 +596,14 @@ fn school_with_scripts(intake: &std::path::Path) -> Option<String> {
         .and_then(|r| r.get(at).map(String::from))
 }
 
-async fn demo(s: Settings, schools: usize) -> anyhow::Result<()> {
+async fn demo(mut s: Settings, schools: usize) -> anyhow::Result<()> {
+    if s.activities.cycle.trim().is_empty() && s.activities.shift_days == 0 {
+        // The 2025 calendar, moved so that today is Tuesday 20 May 2025: the attendance
+        // register, the headteacher's declaration and TA are open to try.
+        let today = jiff::Zoned::now().with_time_zone(s.timezone()).date();
+        let may20 = jiff::civil::date(2025, 5, 20);
+        s.activities.shift_days = i64::from((today - may20).get_days());
+    }
     let data = s.data.dir.clone();
     let intake = data.join("intake");
     println!(
@@ -638,6 +645,65 @@ async fn demo(s: Settings, schools: usize) -> anyhow::Result<()> {
     let state = AppState::open(s.clone(), Clock::System).await?;
     let (added, updated) = orgs::import(&state.db, &intake, Clock::System.now()).await?;
     println!("organisations: {added} added, {updated} updated");
+    // The census export pre-fills pupil registration with the cohort's pupils (the generator's
+    // deliberate rule cases include names like "Lost Maths2", which registration refuses, so
+    // those rows are left out here).
+    let cycle = &state.cycle;
+    let bytes = std::fs::read(intake.join("pupils.csv"))?;
+    let (rows, problems) =
+        nca_portal::activities::registration::parse_csv(cycle.year, &bytes, None);
+    let census = data.join("census.csv");
+    {
+        let mut w = csv::Writer::from_path(&census)?;
+        w.write_record([
+            "upn",
+            "laestab",
+            "surname",
+            "forename",
+            "dob",
+            "gender",
+            "reading_reg",
+            "gps_reg",
+            "maths_reg",
+        ])?;
+        for (_, laestab, p) in &rows {
+            w.write_record([
+                &p.upn,
+                laestab,
+                &p.surname,
+                &p.forename,
+                &p.dob,
+                &p.gender,
+                &p.reg[0],
+                &p.reg[1],
+                &p.reg[2],
+            ])?;
+        }
+        w.flush()?;
+    }
+    match nca_portal::activities::export::census(
+        &state.db,
+        cycle.year,
+        &census,
+        Clock::System.now(),
+    )
+    .await?
+    {
+        Ok(n) => println!(
+            "pupil registration: {n} pupils from the census ({} rows left out: {})",
+            problems.len(),
+            problems.first().map_or(String::new(), |p| p.3.clone())
+        ),
+        Err(p) => println!(
+            "pupil registration not pre-filled: {} problems, first: {}",
+            p.len(),
+            p[0]
+        ),
+    }
+    println!(
+        "activities: the {} cycle, dates moved by {} days so that today is 20 May {} (My Activity)",
+        cycle.year, s.activities.shift_days, cycle.year
+    );
     let schools_file = orgs::read(&intake).map_err(|p| anyhow::anyhow!("{} problems", p.len()))?;
     let first = |kind: nca_portal::auth::roles::OrgKind| {
         schools_file

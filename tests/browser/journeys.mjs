@@ -15,7 +15,9 @@
 //   NCA_LA_PASSWORD
 //   CHROMIUM              the browser (default /usr/bin/chromium)
 //   NCA_ARTIFACTS         folder for screenshots and HTML of failed steps (default: a temp dir)
-//   NCA_JOURNEYS          comma-separated journey letters to run (default: all)
+//   NCA_OPERATOR_EMAIL    an operator, with a password (journey i reopens registration)
+//   NCA_JOURNEYS          comma-separated journey letters to run (default: all; i to m build
+//                         on each other: registration, attendance, HDF, TA, the LA's TA)
 //
 // Exits 0 only when every journey passed and no page had an axe violation.
 
@@ -46,6 +48,7 @@ const THROTTLED = {
 };
 const KS3 = { email: process.env.NCA_KS3_EMAIL || '', password: process.env.NCA_KS3_PASSWORD || '' };
 const LA = { email: process.env.NCA_LA_EMAIL || '', password: process.env.NCA_LA_PASSWORD || '' };
+const OPERATOR = { email: process.env.NCA_OPERATOR_EMAIL || '', password: process.env.NCA_OPERATOR_PASSWORD || '' };
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.NCA_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'nca-browser-'));
 const ONLY = (process.env.NCA_JOURNEYS || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -700,6 +703,193 @@ const journeys = [
       await j.submit(page, 'Revoke token', { path: '/account/tokens', label: 'tokens after revoking' });
       equal(await use(), 401, 'a download with the revoked token');
       await api.close();
+    },
+  },
+  {
+    letter: 'i',
+    title: 'the operator reopens registration for a school, which adds pupils, uploads a bad CSV and then a good one, and submits',
+    async run(j, browser) {
+      check(OPERATOR.email, 'NCA_OPERATOR_EMAIL is not set');
+      const op = await j.newPage(browser);
+      await signIn(j, op, OPERATOR);
+      await op.getByRole('link', { name: "Activities: every school's status" }).click();
+      await op.waitForURL('**/operator/activities');
+      await j.axe(op, 'operator: activities');
+      await op.getByRole('link', { name: 'Status: Pupil registration' }).click();
+      await op.waitForURL('**/operator/activities/pupil-registration');
+      await j.axe(op, 'operator: registration status');
+      await op.getByRole('link', { name: 'Reopen for Rules Primary School' }).click();
+      await op.waitForURL('**/reopen');
+      await j.axe(op, 'operator: reopen');
+      await j.submit(op, 'Reopen', { status: 422, label: 'reopen without a reason' });
+      await expectErrors(op, ['Enter the reason for reopening']);
+      await op.getByLabel('Reason for reopening').fill('Helpline call: two pupils arrived late.');
+      await j.submit(op, 'Reopen', { path: '/operator/activities/pupil-registration', label: 'status after reopening' });
+
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await page.getByRole('link', { name: 'My Activity' }).click();
+      await page.waitForURL('**/activities');
+      await j.axe(page, 'My Activity');
+      await expectHeading(page, 'My Activity');
+      for (const h of ['Outstanding activity', 'Available activity', 'In progress activity', 'Completed activity']) {
+        check((await page.getByRole('heading', { name: h }).count()) === 1, `My Activity has no "${h}" section`);
+      }
+      await page.getByRole('link', { name: /^(Start|Continue): Pupil registration$/ }).click();
+      await page.waitForURL('**/activities/pupil-registration');
+      await j.axe(page, 'pupil registration');
+      check((await page.locator('main').textContent()).includes('reopened this activity for you'), 'the page does not say it was reopened');
+      await page.getByRole('link', { name: 'Add a pupil' }).click();
+      await page.waitForURL('**/pupils/new');
+      await j.axe(page, 'add a pupil');
+      await page.getByLabel('Unique pupil number (UPN)').fill('Z801200001001');
+      await page.getByLabel('First name').fill('Nia');
+      await page.getByLabel('Last name').fill('N3w');
+      await page.getByLabel('Date of birth').fill('2001-01-01');
+      await j.submit(page, 'Add pupil', { status: 422, label: 'add a pupil: errors' });
+      await expectErrors(page, [/UPN check letter/, /Surname contains/, /Date of birth must be between/, /Gender must be F or M/]);
+      await page.getByLabel('Unique pupil number (UPN)').fill('H801200001001');
+      await page.getByLabel('Last name').fill('New');
+      await page.getByLabel('Date of birth').fill('01/09/2014');
+      await page.getByLabel('Female').check();
+      await j.submit(page, 'Add pupil', { path: '/activities/pupil-registration', label: 'pupil added' });
+      check((await page.locator('main').textContent()).includes('Nia New'), 'the new pupil is not listed');
+      // A bad upload changes nothing and offers the report of every problem.
+      await page.getByRole('link', { name: 'Upload pupils from a CSV file' }).click();
+      await page.waitForURL('**/upload');
+      await j.axe(page, 'upload pupils');
+      const head = 'upn,surname,forename,dob,gender,reading_reg,gps_reg,maths_reg\n';
+      await page.setInputFiles('input[name="file"]', { name: 'pupils.csv', mimeType: 'text/csv', buffer: Buffer.from(head + 'G80120000101A,Good,Bob,2014-01-01,M,registered,registered,registered\nZ801200001001,Bad,Bo,2014-01-01,Q,registered,sideways,registered\n') });
+      await j.submit(page, 'Upload', { status: 422, label: 'upload: errors' });
+      await expectErrors(page, [/pupils\.csv, row 3, column upn/, /row 3, column gender/, /row 3, column gps_reg/]);
+      const report = await page.request.get(await page.getByRole('link', { name: 'Download the report of every problem (CSV)' }).getAttribute('href'));
+      equal(report.status(), 200, 'error report download');
+      check((await report.text()).includes('3,gps_reg,sideways'), 'the report names the row, column and value');
+      await page.setInputFiles('input[name="file"]', { name: 'pupils.csv', mimeType: 'text/csv', buffer: Buffer.from(head + 'G80120000101A,Good,Bob,2014-01-01,M,registered,registered,registered\n') });
+      await j.submit(page, 'Upload', { path: '/activities/pupil-registration', label: 'uploaded' });
+      check((await page.locator('main').textContent()).includes('Bob Good'), 'the uploaded pupil is not listed');
+      await page.getByRole('link', { name: 'Check and submit your registration' }).click();
+      await page.waitForURL('**/check');
+      await j.axe(page, 'registration: check your answers');
+      await j.submit(page, 'Submit registration', { path: '/activities/pupil-registration/submitted', label: 'registration submitted' });
+      await j.goto(page, '/activities', { label: 'My Activity after submitting' });
+      await page.getByRole('link', { name: /^Copy of the form/ }).first().click();
+      await page.waitForURL('**/activities/documents/**');
+      await j.axe(page, 'copy of the registration');
+      check((await page.locator('main').textContent()).includes('Bob Good'), 'the copy does not list the pupils');
+      await j.goto(page, '/activities?q=Bob', { label: 'My Activity search by pupil name' });
+      check((await page.locator('main').textContent()).includes('Pupil registration: submitted by'), 'search by pupil name does not find the copy');
+    },
+  },
+  {
+    letter: 'j',
+    title: 'a school records and submits the attendance register for a test day',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/activities/attendance-register', { label: 'attendance register' });
+      await page.getByRole('link', { name: /^Register for / }).first().click();
+      await page.waitForURL('**/day/**');
+      await j.axe(page, 'attendance register: day');
+      await page.getByLabel('Ann Able: GPS paper 1: questions').selectOption('A');
+      await j.submit(page, 'Continue', { label: 'attendance: check' });
+      check((await heading(page)).startsWith('Check the register for '), `heading: ${await heading(page)}`);
+      check((await page.locator('main').textContent()).includes('A: Absent'), 'the check page does not list the absence');
+      await j.submit(page, "Submit this day's register", { path: '/activities/attendance-register', label: 'attendance: day submitted' });
+      check((await page.locator('main').textContent()).includes('Submitted at'), 'the day is not shown as submitted');
+    },
+  },
+  {
+    letter: 'k',
+    title: "a headteacher's delegate completes the HDF, with errors on the way, and submits it",
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/activities/hdf', { label: 'HDF' });
+      await page.getByRole('link', { name: /^(Start now|Continue your declaration)$/ }).click();
+      await page.waitForURL('**/hdf/who');
+      await j.axe(page, 'HDF: who');
+      await page.getByLabel('Your full name').fill('');
+      await j.submit(page, 'Continue', { status: 422, label: 'HDF: who, errors' });
+      await expectErrors(page, ['Enter your full name', 'Select whether you are the headteacher']);
+      await page.getByLabel('Your full name').fill('Dee Puty');
+      await page.getByLabel('No, I have delegated authority').check();
+      await j.submit(page, 'Continue', { path: '/activities/hdf/role', label: 'HDF: role' });
+      await page.getByLabel('Your role').fill('Deputy headteacher with delegated authority');
+      await j.submit(page, 'Continue', { path: '/activities/hdf/confirm', label: 'HDF: confirm' });
+      await page.getByLabel('Issues arose and they have been reported to STA').check();
+      await j.submit(page, 'Continue', { status: 422, label: 'HDF: confirm, errors' });
+      await expectErrors(page, ['Say what the issues were and when you reported them to STA']);
+      await page.getByLabel(/^If issues were reported/).fill('A fire alarm during maths paper 2; reported to the helpline that day.');
+      await j.submit(page, 'Continue', { path: '/activities/hdf/check', label: 'HDF: check your answers' });
+      await expectHeading(page, 'Check your answers before submitting your declaration');
+      check((await page.locator('.govuk-summary-list').textContent()).includes('Dee Puty'), 'check your answers lacks the name');
+      const before = mail.snapshot();
+      await j.submit(page, 'Accept and submit', { path: '/activities/hdf/submitted', label: 'HDF submitted' });
+      const msg = await mail.waitFor({ to: MANAGER.email, subject: "KS2 headteacher's declaration form submitted", before });
+      check(msg, 'no receipt email');
+    },
+  },
+  {
+    letter: 'l',
+    title: 'a school uploads TA with errors, then without, and arranges for its LA to submit',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/activities/ta', { label: 'TA' });
+      await page.getByRole('link', { name: 'Upload a CSV or CTF file' }).click();
+      await page.waitForURL('**/ta/upload');
+      await j.axe(page, 'TA upload');
+      await page.setInputFiles('input[name="file"]', { name: 'ta.csv', mimeType: 'text/csv', buffer: Buffer.from('upn,writing,science\nP999200113001,EXS,GDS\nH801200001001,XYZ,EXS\n') });
+      await j.submit(page, 'Upload and check', { status: 422, label: 'TA upload: red' });
+      await expectErrors(page, [/2 pupils are red, so nothing was saved/]);
+      check((await page.locator('main').textContent()).includes('not a science TA code'), 'the report gives the reason');
+      await page.setInputFiles('input[name="file"]', { name: 'ta.csv', mimeType: 'text/csv', buffer: Buffer.from('upn,writing,science\nP999200113001,EXS,EXS\nH801200001001,WTS,EXS\nW999200113005,EXS,L\n') });
+      await j.submit(page, 'Upload and check', { label: 'TA upload: saved' });
+      const banner = await page.locator('.govuk-notification-banner').textContent();
+      check(/3 pupils saved \(2 green, 1 amber, 0 red\)/.test(banner), `upload notice: ${banner}`);
+      await j.goto(page, '/activities/ta/arrangement', { label: 'who submits TA' });
+      await page.getByLabel(/^Our local authority submits it/).check();
+      await j.submit(page, 'Save', { path: '/activities/ta', label: 'TA after arranging' });
+      check((await page.locator('main').textContent()).includes('Your local authority submits your TA data'), 'the arrangement is not shown');
+    },
+  },
+  {
+    letter: 'm',
+    title: 'an LA enters TA for a school that arranged it and submits it on the school’s behalf',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, LA);
+      await page.getByRole('link', { name: 'My Activity' }).click();
+      await page.waitForURL('**/activities');
+      await j.axe(page, 'LA: My Activity');
+      await j.goto(page, '/activities/ta', { label: 'LA: TA schools' });
+      await page.getByRole('link', { name: 'Open Rules Primary School' }).click();
+      await page.waitForURL('**/ta/for/9992001');
+      await j.axe(page, 'LA: a school’s TA');
+      await page.getByRole('link', { name: 'Enter TA in a form' }).click();
+      await page.waitForURL('**/entry');
+      await j.axe(page, 'LA: TA form');
+      // Every pupil without TA gets codes matching their registration.
+      const selects = page.locator('select[name$=":writing"]');
+      for (let i = 0; i < (await selects.count()); i++) {
+        const w = selects.nth(i);
+        if ((await w.inputValue()) === '') await w.selectOption('EXS');
+      }
+      const sciences = page.locator('select[name$=":science"]');
+      for (let i = 0; i < (await sciences.count()); i++) {
+        const s = sciences.nth(i);
+        if ((await s.inputValue()) === '') await s.selectOption('EXS');
+      }
+      await j.submit(page, 'Save', { path: '/activities/ta/for/9992001', label: 'LA: TA saved' });
+      await j.goto(page, '/activities/ta', { label: 'LA: TA schools again' });
+      await page.getByRole('link', { name: 'Check and submit TA for your schools' }).click();
+      await page.waitForURL('**/ta/check');
+      await j.axe(page, 'LA: submit for schools');
+      await page.getByLabel(/^Rules Primary School/).check();
+      await j.submit(page, 'Submit TA for the chosen schools', { path: '/activities/ta', label: 'LA: submitted' });
+      const banner = await page.locator('.govuk-notification-banner').textContent();
+      check(/TA submitted for 1 schools/.test(banner), `notice: ${banner}`);
     },
   },
 ];
