@@ -72,6 +72,7 @@ async fn world(start: &str, tweak: impl FnOnce(&mut Settings, &std::path::Path))
         ),
         ("la@testshire.gov.uk", "999", &[Role::LaGeneralUser]),
         ("lam@testshire.gov.uk", "999", &[Role::LaAccountManager]),
+        ("senior@testshire.gov.uk", "999", &[Role::LaSeniorManager]),
         ("ks3@high.sch.uk", "9994001", &[Role::Ks3User]),
         ("mat@trust.org.uk", "12345", &[Role::MatUser]),
         ("operator@sta.gov.uk", "operator", &[Role::Operator]),
@@ -134,11 +135,21 @@ impl World {
         file: &str,
         bytes: &str,
     ) -> (StatusCode, String) {
+        self.upload_as(path, cookie, "file", file, bytes).await
+    }
+    async fn upload_as(
+        &self,
+        path: &str,
+        cookie: &str,
+        field: &str,
+        file: &str,
+        bytes: &str,
+    ) -> (StatusCode, String) {
         let (_, home) = self.page("/activities", cookie).await;
         let csrf = meta_csrf(&home);
         let boundary = "XnCaBoUnDaRy";
         let body = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file}\"\r\nContent-Type: text/csv\r\n\r\n{bytes}\r\n--{boundary}--\r\n"
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file}\"\r\nContent-Type: text/csv\r\n\r\n{bytes}\r\n--{boundary}--\r\n"
         );
         let req = Request::post(path)
             .header(header::COOKIE, cookie)
@@ -803,8 +814,8 @@ async fn audiences_permissions_and_gates_decide_who_reaches_an_activity() {
         let c = sign_in(&w.state, &w.app, email).await;
         assert_eq!(w.page(path, &c).await.0, want, "{email} {path}");
     }
-    // An independent school reaches registration only once the operator records its test
-    // order and LA agreement (the gates of the cycle file).
+    // An independent school reaches registration only after its standard test order and an
+    // approved choice of LA (the gates of the cycle file; the whole path is in the part 2 test).
     sqlx::query("UPDATE orgs SET school_type = 'independent' WHERE id = $1")
         .bind(ACADEMY)
         .execute(&w.state.db)
@@ -813,38 +824,12 @@ async fn audiences_permissions_and_gates_decide_who_reaches_an_activity() {
     let anne = sign_in(&w.state, &w.app, "head@anne.sch.uk").await;
     let (status, html) = w.page("/activities/pupil-registration", &anne).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(html.contains("once it has a test order placed and a written agreement with a local authority reported"), "{html}");
+    assert!(html.contains("once it has Standard test order completed and Local authority for monitoring and moderation completed"), "{html}");
     let (_, html) = w.page("/activities", &anne).await;
     assert!(
         section(&html, "Available activity")
-            .contains("Not yet available: needs a test order placed"),
+            .contains("Not yet available: needs Standard test order completed"),
         "optional for independents, gated"
-    );
-    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
-    for gate in ["test-order", "la-agreement"] {
-        let (status, _, _) = w
-            .post(
-                &format!("/operator/activities/pupil-registration/orgs/{ACADEMY}/gate/{gate}"),
-                &op,
-                &[("reason", "Order 881 and agreement with Testshire seen.")],
-            )
-            .await;
-        assert_eq!(status, StatusCode::SEE_OTHER, "{gate}");
-    }
-    assert_eq!(
-        w.page("/activities/pupil-registration", &anne).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(w.audits("activity-gate-recorded").await, 2);
-    // A maintained school has no such gate to record.
-    assert_eq!(
-        w.page(
-            &format!("/operator/activities/pupil-registration/orgs/{SCHOOL}/gate/test-order"),
-            &op
-        )
-        .await
-        .0,
-        StatusCode::NOT_FOUND
     );
 }
 
@@ -1219,5 +1204,513 @@ async fn a_malformed_cycle_file_stops_the_server_naming_the_entry_and_field() {
     assert!(
         e.contains("cycle-2026.toml: activity[3] (\"hdf\"): field `closes`"),
         "{e}"
+    );
+}
+
+// ---------- part 2 ----------
+
+#[tokio::test]
+async fn an_independent_school_orders_tests_chooses_an_la_and_then_reaches_registration() {
+    let w = world("2024-11-01T10:00", |_, _| {}).await;
+    sqlx::query("UPDATE orgs SET school_type = 'independent' WHERE id = $1")
+        .bind(ACADEMY)
+        .execute(&w.state.db)
+        .await
+        .unwrap();
+    let anne = sign_in(&w.state, &w.app, "head@anne.sch.uk").await;
+    let (_, html) = w.page("/activities", &anne).await;
+    let due = section(&html, "Outstanding activity");
+    assert!(
+        due.contains("Standard test order")
+            && due.contains("Local authority for monitoring and moderation"),
+        "{due}"
+    );
+    // A maintained school is not asked for a standard order.
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    assert_eq!(
+        w.page("/activities/standard-test-order", &head).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // The order: numbers checked, then the independent school's two confirmations.
+    let (status, html, _) = w
+        .post(
+            "/activities/standard-test-order/q/1",
+            &anne,
+            &[("q:reading:standard", "thirty")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("English reading, Standard: enter a whole number from 0 to 500"),
+        "{html}"
+    );
+    let (_, _, loc) = w
+        .post(
+            "/activities/standard-test-order/q/1",
+            &anne,
+            &[("q:reading:standard", "30"), ("q:maths1:standard", "30")],
+        )
+        .await;
+    assert_eq!(loc, "/activities/standard-test-order/q/2");
+    let (status, html, _) = w
+        .post("/activities/standard-test-order/q/2", &anne, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Confirm: A privacy notice"));
+    w.post(
+        "/activities/standard-test-order/q/2",
+        &anne,
+        &[("value", "yes")],
+    )
+    .await;
+    let (_, _, loc) = w
+        .post(
+            "/activities/standard-test-order/q/3",
+            &anne,
+            &[("value", "yes")],
+        )
+        .await;
+    assert_eq!(loc, "/activities/standard-test-order/check");
+    let (_, html) = w.page("/activities/standard-test-order/check", &anne).await;
+    assert!(
+        html.contains("English reading, Standard: 30") && html.contains("Confirmed"),
+        "{html}"
+    );
+    let (_, _, loc) = w
+        .post("/activities/standard-test-order/check", &anne, &[])
+        .await;
+    assert_eq!(loc, "/activities/standard-test-order/submitted");
+    // A modified order: braille uncontracted only for reading; no drafts, so a new session starts afresh.
+    let (status, html, _) = w
+        .post(
+            "/activities/modified-test-order/q/1",
+            &head,
+            &[("q:maths1:braille_unc", "1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("Braille uncontracted is not available for Mathematics Paper 1: arithmetic"),
+        "{html}"
+    );
+    let (_, _, loc) = w
+        .post(
+            "/activities/modified-test-order/q/1",
+            &head,
+            &[("q:reading:braille_unc", "1"), ("q:gps1:ep", "2")],
+        )
+        .await;
+    assert_eq!(loc, "/activities/modified-test-order/q/2");
+    let (_, html) = w.page("/activities/modified-test-order", &head).await;
+    assert!(
+        html.contains("Enlarged print: 2"),
+        "answers kept within the session"
+    );
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    let (_, html) = w.page("/activities/modified-test-order", &head).await;
+    assert!(
+        html.contains("Start now") && !html.contains("Enlarged print: 2"),
+        "a new session starts the order again"
+    );
+    // The choice of LA: the agreement must be confirmed; the chosen LA decides.
+    let (status, html, _) = w
+        .post("/activities/la-choice/choose", &anne, &[("la", "999")])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Confirm that you have a written agreement"));
+    w.post(
+        "/activities/la-choice/choose",
+        &anne,
+        &[("la", "999"), ("agreement", "yes")],
+    )
+    .await;
+    let (_, _, loc) = w.post("/activities/la-choice/check", &anne, &[]).await;
+    assert_eq!(loc, "/activities/la-choice/submitted");
+    let la = sign_in(&w.state, &w.app, "la@testshire.gov.uk").await;
+    assert_eq!(
+        w.page(&format!("/activities/la-choice/requests/{ACADEMY}"), &la)
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "a general user does not decide"
+    );
+    let senior = sign_in(&w.state, &w.app, "senior@testshire.gov.uk").await;
+    let (_, html) = w.page("/activities/la-choice", &senior).await;
+    assert!(html.contains("awaiting your decision"), "{html}");
+    let (status, html, _) = w
+        .post(
+            &format!("/activities/la-choice/requests/{ACADEMY}"),
+            &senior,
+            &[("decision", "rejected")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Enter the reason for rejecting"));
+    let (status, _, _) = w
+        .post(
+            &format!("/activities/la-choice/requests/{ACADEMY}"),
+            &senior,
+            &[
+                ("decision", "accepted"),
+                ("reason", "Agreement signed 20 October."),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        w.status("la-choice", ACADEMY).await.as_deref(),
+        Some("accepted")
+    );
+    assert!(
+        subjects(&w, "head@anne.sch.uk")
+            .contains(&"Local authority for monitoring and moderation: approved".to_string())
+    );
+    let (_, html) = w.page("/activities", &anne).await;
+    assert!(section(&html, "Completed activity").contains("Letter"));
+    // With both done, registration opens to the school when its window does.
+    w.to("2025-02-20T10:00");
+    let anne = sign_in(&w.state, &w.app, "head@anne.sch.uk").await;
+    assert_eq!(
+        w.page("/activities/pupil-registration", &anne).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_academy_that_converted_after_the_cutoff_keeps_its_geographic_la() {
+    let w = world("2024-11-01T10:00", |_, _| {}).await;
+    let anne = sign_in(&w.state, &w.app, "head@anne.sch.uk").await;
+    let (status, html) = w.page("/activities/la-choice", &anne).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Monitored and moderated by: LA 999 (geographic)"));
+    let (status, html, _) = w
+        .post(
+            "/activities/la-choice/choose",
+            &anne,
+            &[("la", "999"), ("agreement", "yes")],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an academy need not choose its own LA"
+    );
+    assert!(html.contains("That is your geographic local authority"));
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    let (status, _, _) = w
+        .post(
+            &format!("/operator/activities/la-choice/orgs/{ACADEMY}/gate/converted-after-cutoff"),
+            &op,
+            &[("reason", "Converted 1 October 2024.")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, html) = w.page("/activities/la-choice", &anne).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        html.contains("became an academy on or after the cut-off date"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn access_arrangements_are_only_for_that_permission_and_the_operator_decides_them() {
+    let w = world("2025-02-20T10:00", |_, _| {}).await;
+    w.census().await;
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    assert_eq!(
+        w.page("/activities/additional-time", &head).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, html) = w.page("/activities", &head).await;
+    assert!(
+        !html.contains("Additional time application"),
+        "not even listed without the permission"
+    );
+    let aa = sign_in(&w.state, &w.app, "aa@rules.sch.uk").await;
+    let (status, html, _) = w
+        .post(
+            "/activities/additional-time/q/1",
+            &aa,
+            &[("value", "H801200001001")],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "only the school's own pupils"
+    );
+    assert!(html.contains("is not one of the choices"));
+    let (_, _, loc) = w
+        .post(
+            "/activities/additional-time/q/1",
+            &aa,
+            &[("value", "P999200113001")],
+        )
+        .await;
+    assert_eq!(loc, "/activities/additional-time/q/2");
+    w.post(
+        "/activities/additional-time/q/2",
+        &aa,
+        &[(
+            "value",
+            "Processing speed in the 2nd percentile; 50% extra time in class.",
+        )],
+    )
+    .await;
+    let (status, _) = w
+        .upload_as("/activities/additional-time/q/3/file", &aa, "value", "", "")
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the evidence is required"
+    );
+    let (status, _) = w
+        .upload_as(
+            "/activities/additional-time/q/3/file",
+            &aa,
+            "value",
+            "ehcp.txt",
+            "EHCP section F: extra time.",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, html) = w.page("/activities/additional-time/check", &aa).await;
+    assert!(
+        html.contains("Ann Able (P999200113001)") && html.contains("ehcp.txt"),
+        "{html}"
+    );
+    let (_, _, loc) = w.post("/activities/additional-time/check", &aa, &[]).await;
+    assert_eq!(loc, "/activities/additional-time/submitted");
+    let (_, html) = w.page("/activities", &aa).await;
+    assert!(section(&html, "In progress activity").contains("Additional time application"));
+    // The evidence: the school's AA users and the operator; not the head without the permission.
+    let (_, html) = w.page("/activities/additional-time", &aa).await;
+    let link = html
+        .split("href=\"/activities/additional-time/files/")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!("/activities/additional-time/files/{link}");
+    let (status, body) = w.page(&path, &aa).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "EHCP section F: extra time.")
+    );
+    assert_eq!(w.page(&path, &head).await.0, StatusCode::NOT_FOUND);
+    let senior = sign_in(&w.state, &w.app, "senior@testshire.gov.uk").await;
+    assert_eq!(
+        w.page(&path, &senior).await.0,
+        StatusCode::NOT_FOUND,
+        "the LA sees counts, not the evidence"
+    );
+    let (_, html) = w.page("/activities", &head).await;
+    assert!(
+        !html.contains("Additional time application"),
+        "nor its copy in the trail"
+    );
+    // The LA's report counts the school's applications and pupils.
+    let (status, csv) = w
+        .page("/activities/access-arrangements?format=csv", &senior)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        csv.contains("Rules Primary School,9992001,Additional time application,submitted,")
+            && csv.trim_end().ends_with(",1"),
+        "{csv}"
+    );
+    assert!(!csv.contains("P999200113001"));
+    // The operator decides; the school is emailed and keeps the letter.
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    assert_eq!(w.page(&path, &op).await.0, StatusCode::OK);
+    w.post(
+        &format!("/operator/activities/additional-time/orgs/{SCHOOL}/decide"),
+        &op,
+        &[("decision", "accepted"), ("reason", "Meets the criteria.")],
+    )
+    .await;
+    assert!(
+        subjects(&w, "aa@rules.sch.uk")
+            .contains(&"Additional time application: accepted".to_string())
+    );
+    let (status, csv) = w
+        .page("/operator/activities/additional-time/submissions.csv", &op)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        csv.contains("9992001,Rules Primary School,accepted")
+            && csv.contains("Ann Able (P999200113001)"),
+        "{csv}"
+    );
+}
+
+#[tokio::test]
+async fn message_us_threads_run_between_a_school_and_the_operator() {
+    let w = world("2025-02-20T10:00", |_, _| {}).await;
+    let aa = sign_in(&w.state, &w.app, "aa@rules.sch.uk").await;
+    let (status, html, _) = w
+        .post(
+            "/activities/message-us-aa/threads/new",
+            &aa,
+            &[("subject", ""), ("body", "")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Enter a subject") && html.contains("Enter your message"));
+    let (_, _, loc) = w
+        .post(
+            "/activities/message-us-aa/threads/new",
+            &aa,
+            &[
+                ("subject", "Reader for a pupil"),
+                ("body", "Can a pupil have a reader in the maths tests?"),
+            ],
+        )
+        .await;
+    assert!(
+        loc.starts_with("/activities/message-us-aa/threads/"),
+        "{loc}"
+    );
+    let tid = loc.rsplit('/').next().unwrap().to_string();
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    assert_eq!(w.page(&loc, &head).await.0, StatusCode::FORBIDDEN);
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    let (_, html) = w.page("/operator/messages/message-us-aa", &op).await;
+    assert!(html.contains("Reader for a pupil") && html.contains("a reply since"));
+    w.post(
+        &format!("/operator/messages/message-us-aa/{tid}"),
+        &op,
+        &[(
+            "body",
+            "Yes: see section 5 of the access arrangements guidance.",
+        )],
+    )
+    .await;
+    assert!(subjects(&w, "aa@rules.sch.uk").contains(&"Reply: Reader for a pupil".to_string()));
+    let (_, html) = w.page(&loc, &aa).await;
+    assert!(html.contains("Standards and Testing Agency at") && html.contains("see section 5"));
+    assert_eq!(w.audits("message-replied").await, 1);
+}
+
+#[tokio::test]
+async fn materials_are_published_by_the_operator_and_downloaded_from_their_date() {
+    let w = world("2025-04-20T10:00", |_, _| {}).await;
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    let (_, page) = w.page("/activities", &op).await;
+    let csrf = meta_csrf(&page);
+    let boundary = "XnCaBoUnDaRy";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nPhonics screening check 2025\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"phonics-2025.pdf\"\r\n\r\n%PDF-1.4 phonics\r\n--{boundary}--\r\n"
+    );
+    let req = Request::post("/operator/activities/ks1-materials/materials")
+        .header(header::COOKIE, &op)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(send(&w.app, req).await.0, StatusCode::SEE_OTHER);
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    let (_, html) = w.page("/activities/ks1-materials", &head).await;
+    assert!(
+        html.contains("available to download from 8:00am on Thursday 1 May 2025"),
+        "{html}"
+    );
+    let (_, html) = w
+        .page("/operator/activities/ks1-materials/materials", &op)
+        .await;
+    let mid = html
+        .split("/activities/ks1-materials/materials/")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!("/activities/ks1-materials/materials/{mid}");
+    assert_eq!(w.page(&path, &head).await.0, StatusCode::FORBIDDEN);
+    w.to("2025-05-01T08:00");
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    let (status, body) = w.page(&path, &head).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "%PDF-1.4 phonics")
+    );
+    let ks3 = sign_in(&w.state, &w.app, "ks3@high.sch.uk").await;
+    assert_eq!(
+        w.page(&path, &ks3).await.0,
+        StatusCode::FORBIDDEN,
+        "not for KS3 schools"
+    );
+}
+
+#[tokio::test]
+async fn an_la_records_monitoring_visits_to_a_tenth_of_its_maintained_schools() {
+    let w = world("2025-05-10T10:00", |_, _| {}).await;
+    let senior = sign_in(&w.state, &w.app, "senior@testshire.gov.uk").await;
+    let (_, html) = w.page("/activities", &senior).await;
+    assert!(section(&html, "Outstanding activity").contains("Monitoring visits"));
+    let (status, html, _) = w
+        .post(
+            "/activities/monitoring-visits/q/1",
+            &senior,
+            &[("value", ACADEMY)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("Choose at least 10% of your maintained schools: 1 of 1, not 0"),
+        "{html}"
+    );
+    let (_, _, loc) = w
+        .post(
+            "/activities/monitoring-visits/q/1",
+            &senior,
+            &[("value", SCHOOL), ("value", ACADEMY)],
+        )
+        .await;
+    assert_eq!(loc, "/activities/monitoring-visits/q/2");
+    w.post(
+        "/activities/monitoring-visits/q/2",
+        &senior,
+        &[(
+            "value",
+            "Both visits found the tests stored and administered correctly.",
+        )],
+    )
+    .await;
+    w.post(
+        "/activities/monitoring-visits/q/3",
+        &senior,
+        &[("value", "no")],
+    )
+    .await;
+    let (_, _, loc) = w
+        .post(
+            "/activities/monitoring-visits/q/4",
+            &senior,
+            &[("value", "")],
+        )
+        .await;
+    assert_eq!(loc, "/activities/monitoring-visits/check");
+    let (_, _, loc) = w
+        .post("/activities/monitoring-visits/check", &senior, &[])
+        .await;
+    assert_eq!(loc, "/activities/monitoring-visits/submitted");
+    // The trust sees each academy's status, without access arrangements.
+    let mat = sign_in(&w.state, &w.app, "mat@trust.org.uk").await;
+    let (status, html) = w.page("/activities/schools", &mat).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("St Anne")
+            && html.contains("Pupil registration")
+            && !html.contains("Additional time application")
+            && !html.contains("Rules Primary"),
+        "{html}"
     );
 }

@@ -88,6 +88,14 @@ pub mod layout {
     pub fn trust_csv(uid: &str) -> String {
         format!("trust/{uid}.csv")
     }
+    /// A file uploaded to the portal for an activity (evidence), outside any release.
+    pub fn activity_file(year: i32, activity: &str, org: &str, id: &str) -> String {
+        format!("portal/{year}/{activity}/{org}/{id}")
+    }
+    /// A file the operator publishes for an activity's audience (test materials).
+    pub fn material(year: i32, activity: &str, id: &str) -> String {
+        format!("portal/{year}/{activity}/materials/{id}")
+    }
     /// The precompressed variants of a download sit beside it.
     pub fn gzip(path: &str) -> String {
         format!("{path}.gz")

@@ -214,6 +214,7 @@ fn grid(
                 name,
                 options,
                 error: None,
+                number: None,
             });
         }
         g.rows.push(r);

@@ -20,6 +20,14 @@ pub enum Form {
     Attendance,
     Hdf,
     Ta,
+    /// Questions declared in the cycle file (orders, applications, notifications).
+    Fields,
+    /// Threaded messages with the operator.
+    Messages,
+    /// Files the operator uploads for the audience to download.
+    Materials,
+    /// A school's choice of LA for monitoring and moderation, approved by that LA.
+    LaChoice,
 }
 
 impl Form {
@@ -28,7 +36,94 @@ impl Form {
         ("attendance", Form::Attendance),
         ("hdf", Form::Hdf),
         ("ta", Form::Ta),
+        ("fields", Form::Fields),
+        ("messages", Form::Messages),
+        ("materials", Form::Materials),
+        ("la-choice", Form::LaChoice),
     ];
+    /// Forms that keep one set of records per cycle, so at most one activity may use each.
+    fn single(self) -> bool {
+        matches!(
+            self,
+            Form::Registration | Form::Attendance | Form::Hdf | Form::Ta | Form::LaChoice
+        )
+    }
+}
+
+/// The kinds of question a `fields` form can ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Text,
+    Textarea,
+    Number,
+    Date,
+    Radios,
+    Checkboxes,
+    /// A tick that must be given (a declaration).
+    Confirm,
+    /// Pupils chosen from the school's registration.
+    Pupils,
+    /// Schools chosen from the LA's (`min`: the least share of its maintained schools, in %).
+    Schools,
+    /// Numbers in a grid of rows by columns (test orders: tests by formats).
+    Quantities,
+    /// An uploaded file (evidence), kept in the object store.
+    File,
+    /// Date ranges, one a line: 2024-12-20 to 2025-01-06.
+    Periods,
+}
+
+impl FieldKind {
+    const ALL: &'static [(&'static str, FieldKind)] = &[
+        ("text", FieldKind::Text),
+        ("textarea", FieldKind::Textarea),
+        ("number", FieldKind::Number),
+        ("date", FieldKind::Date),
+        ("radios", FieldKind::Radios),
+        ("checkboxes", FieldKind::Checkboxes),
+        ("confirm", FieldKind::Confirm),
+        ("pupils", FieldKind::Pupils),
+        ("schools", FieldKind::Schools),
+        ("quantities", FieldKind::Quantities),
+        ("file", FieldKind::File),
+        ("periods", FieldKind::Periods),
+    ];
+}
+
+/// One question of a `fields` form.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub kind: FieldKind,
+    pub label: String,
+    pub hint: String,
+    pub required: bool,
+    /// (value, label) for radios and checkboxes; rows and columns for quantities.
+    pub options: Vec<(String, String)>,
+    pub rows: Vec<(String, String)>,
+    pub columns: Vec<(String, String)>,
+    /// Quantities: a column allowed only in these rows.
+    pub only: Vec<(String, Vec<String>)>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    /// Asked only of these school types (empty: everyone in the audience).
+    pub school_types: Vec<SchoolType>,
+}
+
+impl Field {
+    pub fn asks(&self, school_type: Option<&str>) -> bool {
+        self.school_types.is_empty()
+            || school_type
+                .and_then(|t| SchoolType::parse(t).ok())
+                .is_some_and(|t| self.school_types.contains(&t))
+    }
+    /// Whether a quantities cell may be ordered.
+    pub fn cell_allowed(&self, row: &str, column: &str) -> bool {
+        self.only
+            .iter()
+            .find(|(c, _)| c == column)
+            .is_none_or(|(_, rows)| rows.iter().any(|r| r == row))
+    }
 }
 
 /// What makes an activity send email.
@@ -59,6 +154,7 @@ impl Gate {
             Gate::Operator(name) => match name.as_str() {
                 "test-order" => "a test order placed".into(),
                 "la-agreement" => "a written agreement with a local authority reported".into(),
+                "converted-after-cutoff" => "the school became an academy on or after the cut-off date, so its geographic local authority monitors it this year".into(),
                 other => other.replace('-', " "),
             },
         }
@@ -77,6 +173,9 @@ pub struct Audience {
     pub late_until: Option<i64>,
     pub mandatory: bool,
     pub requires: Vec<Gate>,
+    /// Conditions that close the activity to a school when met (for example an academy that
+    /// converted after the cut-off cannot choose another LA).
+    pub unless: Vec<Gate>,
 }
 
 impl Audience {
@@ -103,6 +202,8 @@ pub struct Activity {
     pub decided: bool,
     pub emails: Vec<EmailEvent>,
     pub audiences: Vec<Audience>,
+    /// The questions of a `fields` form, in order.
+    pub fields: Vec<Field>,
 }
 
 impl Activity {
@@ -176,6 +277,48 @@ struct RawActivity {
     emails: Vec<String>,
     #[serde(default)]
     audience: Vec<RawAudience>,
+    #[serde(default)]
+    field: Vec<RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: String,
+    kind: String,
+    label: String,
+    #[serde(default)]
+    hint: String,
+    #[serde(default = "yes")]
+    required: bool,
+    #[serde(default)]
+    options: Vec<String>,
+    #[serde(default)]
+    rows: Vec<String>,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    only: Vec<String>,
+    min: Option<i64>,
+    max: Option<i64>,
+    #[serde(default)]
+    school_types: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// "value:Label" pairs.
+fn pairs(list: &[String]) -> Result<Vec<(String, String)>, String> {
+    list.iter()
+        .map(|o| match o.split_once(':') {
+            Some((v, l)) if !v.is_empty() && !l.trim().is_empty() => {
+                Ok((v.to_string(), l.trim().to_string()))
+            }
+            _ => Err(format!("\"{o}\" must be written value:Label")),
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -191,6 +334,8 @@ struct RawAudience {
     mandatory: Option<bool>,
     #[serde(default)]
     requires: Vec<String>,
+    #[serde(default)]
+    unless: Vec<String>,
 }
 
 const PERMISSIONS: &[(&str, Action)] = &[
@@ -455,7 +600,21 @@ pub fn parse(
                 }
                 requires.push(gate);
             }
+            let mut unless = Vec::new();
+            for g in &r.unless {
+                match g.split_once(':') {
+                    Some(("operator", n)) if !n.is_empty() && orgs == OrgKind::Ks2School => {
+                        unless.push(Gate::Operator(n.to_string()))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{name}: {at}: field `unless`: \"{g}\" must be operator:<name>, for schools"
+                        ));
+                    }
+                }
+            }
             audiences.push(Audience {
+                unless,
                 orgs,
                 school_types,
                 permission,
@@ -466,7 +625,103 @@ pub fn parse(
                 requires,
             });
         }
+        let mut fields: Vec<Field> = Vec::new();
+        if form != Form::Fields && !a.field.is_empty() {
+            return Err(format!(
+                "{name}: {at}: field `field`: questions are only for form = \"fields\""
+            ));
+        }
+        if form == Form::Fields && a.field.is_empty() {
+            return Err(format!(
+                "{name}: {at}: field `field`: a fields form needs at least one [[activity.field]]"
+            ));
+        }
+        for (k, f) in a.field.iter().enumerate() {
+            let at = format!("{at}, field[{}] (\"{}\")", k + 1, f.name);
+            let bad = |key: &str, why: String| format!("{name}: {at}: field `{key}`: {why}");
+            if f.name.is_empty()
+                || !f
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || f.name.starts_with('_')
+            {
+                return Err(bad(
+                    "name",
+                    "use lower-case letters, digits and underscores".into(),
+                ));
+            }
+            if fields.iter().any(|x| x.name == f.name) {
+                return Err(bad("name", format!("\"{}\" is used twice", f.name)));
+            }
+            let kind = FieldKind::ALL
+                .iter()
+                .find(|(n, _)| *n == f.kind)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| {
+                    bad(
+                        "kind",
+                        format!(
+                            "\"{}\" is not a kind; expected one of {}",
+                            f.kind,
+                            FieldKind::ALL
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+            let options = pairs(&f.options).map_err(|e| bad("options", e))?;
+            if matches!(kind, FieldKind::Radios | FieldKind::Checkboxes) && options.is_empty() {
+                return Err(bad("options", "radios and checkboxes need options".into()));
+            }
+            let rows = pairs(&f.rows).map_err(|e| bad("rows", e))?;
+            let columns = pairs(&f.columns).map_err(|e| bad("columns", e))?;
+            if kind == FieldKind::Quantities && (rows.is_empty() || columns.is_empty()) {
+                return Err(bad("rows", "quantities need rows and columns".into()));
+            }
+            let mut only = Vec::new();
+            for o in &f.only {
+                let (c, rs) = o
+                    .split_once(':')
+                    .ok_or_else(|| bad("only", format!("\"{o}\" must be column:row|row")))?;
+                if !columns.iter().any(|(v, _)| v == c) {
+                    return Err(bad("only", format!("{c} is not one of the columns")));
+                }
+                let rs: Vec<String> = rs.split('|').map(String::from).collect();
+                if let Some(r) = rs.iter().find(|r| !rows.iter().any(|(v, _)| v == *r)) {
+                    return Err(bad("only", format!("{r} is not one of the rows")));
+                }
+                only.push((c.to_string(), rs));
+            }
+            if let (Some(lo), Some(hi)) = (f.min, f.max)
+                && lo > hi
+            {
+                return Err(bad("max", "must be at least `min`".into()));
+            }
+            let school_types = f
+                .school_types
+                .iter()
+                .map(|t| SchoolType::parse(t).map_err(|e| bad("school_types", format!("{t}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            fields.push(Field {
+                name: f.name.clone(),
+                kind,
+                label: f.label.clone(),
+                hint: f.hint.clone(),
+                required: f.required,
+                options,
+                rows,
+                columns,
+                only,
+                min: f.min,
+                max: f.max,
+                school_types,
+            });
+        }
         activities.push(Activity {
+            fields,
             id: a.id.clone(),
             name: a.name.clone(),
             description: a.description.clone(),
@@ -484,8 +739,8 @@ pub fn parse(
             ));
         }
     }
-    for form in [Form::Registration, Form::Attendance, Form::Hdf, Form::Ta] {
-        if activities.iter().filter(|a| a.form == form).count() > 1 {
+    for (_, form) in Form::ALL.iter().filter(|(_, f)| f.single()) {
+        if activities.iter().filter(|a| a.form == *form).count() > 1 {
             return Err(format!(
                 "{name}: field `form`: more than one activity uses the same form; each form keeps one set of records per cycle"
             ));

@@ -10,7 +10,11 @@
 pub mod attendance;
 pub mod cycle;
 pub mod export;
+pub mod fields;
 pub mod hdf;
+pub mod la_choice;
+pub mod materials;
+pub mod messages;
 pub mod registration;
 pub mod ta;
 
@@ -70,6 +74,8 @@ pub struct GridInput {
     pub label: String,
     pub options: Vec<(String, String, bool)>,
     pub error: Option<String>,
+    /// A number typed in (with this value) rather than a choice.
+    pub number: Option<String>,
 }
 
 #[derive(Template, Default)]
@@ -233,6 +239,8 @@ pub struct Standing {
     pub status: Option<Status>,
     /// Gates not yet met, as sentences.
     pub missing: Vec<String>,
+    /// Exceptions recorded that close the activity to this organisation, as sentences.
+    pub blocked: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +283,9 @@ impl Standing {
         }
     }
     pub fn status_text(&self, state: &AppState, act: &Activity) -> String {
+        if !self.blocked.is_empty() {
+            return format!("Not available: {}", self.blocked.join("; "));
+        }
         if !self.missing.is_empty() {
             return format!("Not yet available: needs {}", self.missing.join(" and "));
         }
@@ -321,7 +332,7 @@ pub async fn status(db: &Db, year: i32, act: &str, org: &str) -> sqlx::Result<Op
 }
 
 /// Every organisation's row for an activity.
-async fn statuses(
+pub async fn statuses(
     db: &Db,
     year: i32,
     act: &str,
@@ -437,15 +448,28 @@ pub async fn standing(
     for g in &aud.requires {
         let met = match g {
             Gate::Operator(n) => recorded.iter().any(|r| r == n),
-            Gate::Activity(id) => status(&state.db, year, id, &org.id)
-                .await?
-                .is_some_and(|s| s.status == "submitted" || s.status == "accepted"),
+            // A decided activity counts once accepted; others once submitted.
+            Gate::Activity(id) => {
+                let decided = state.cycle.activity(id).is_some_and(|a| a.decided);
+                status(&state.db, year, id, &org.id)
+                    .await?
+                    .is_some_and(|s| {
+                        s.status == "accepted" || (!decided && s.status == "submitted")
+                    })
+            }
         };
         if !met {
             missing.push(g.label(&state.cycle));
         }
     }
+    let blocked = aud
+        .unless
+        .iter()
+        .filter(|g| matches!(g, Gate::Operator(n) if recorded.contains(n)))
+        .map(|g| g.label(&state.cycle))
+        .collect();
     Ok(Some(Standing {
+        blocked,
         audience: aud.clone(),
         window: Window::of(aud, state.clock.now(), reopen),
         status: status(&state.db, year, &act.id, &org.id).await?,
@@ -527,13 +551,12 @@ pub async fn ctx(
         .clone();
     let (school, audience_kind) = match laestab {
         None => {
-            if s.user.kind != OrgKind::Ks2School {
-                return Err(AppError::Forbidden);
-            }
+            // The user's own organisation: a school, or an LA or trust for their own activities.
             let org = db::org(&state.db, &s.user.org)
                 .await?
                 .ok_or(AppError::Forbidden)?;
-            (org, OrgKind::Ks2School)
+            let kind = org.kind;
+            (org, kind)
         }
         Some(l) => {
             if s.user.kind != OrgKind::La {
@@ -548,8 +571,8 @@ pub async fn ctx(
     };
     let mut standing = standing(state, &act, &school)
         .await?
-        .ok_or(AppError::NotFound)?;
-    if audience_kind == OrgKind::La {
+        .ok_or(AppError::Forbidden)?;
+    if laestab.is_some() && audience_kind == OrgKind::La {
         // The LA works to its own audience's dates and permission.
         let aud = act
             .audience(OrgKind::La, None)
@@ -560,6 +583,13 @@ pub async fn ctx(
         standing.audience = aud;
     }
     s.require(standing.audience.permission)?;
+    if !standing.blocked.is_empty() {
+        return Err(AppError::Refused(
+            StatusCode::FORBIDDEN,
+            format!("{} is not available to your school", act.name),
+            format!("{}: {}.", act.name, standing.blocked.join("; ")),
+        ));
+    }
     if !standing.missing.is_empty() {
         return Err(AppError::Refused(
             StatusCode::FORBIDDEN,
@@ -839,6 +869,16 @@ pub fn routes() -> Router<AppState> {
         .merge(attendance::routes())
         .merge(hdf::routes())
         .merge(ta::routes())
+        .merge(fields::routes())
+        .merge(messages::routes())
+        .merge(materials::routes())
+        .merge(la_choice::routes())
+        .route(
+            "/operator/activities/{id}/submissions.csv",
+            get(submissions),
+        )
+        .route("/activities/schools", get(schools_status))
+        .route("/activities/access-arrangements", get(aa_report))
         .merge(export::routes())
 }
 
@@ -910,9 +950,19 @@ async fn documents_of(db: &Db, year: i32, u: &SignedIn) -> sqlx::Result<Vec<(Doc
 /// Whether the user may see a document of `act` belonging to `org`: the organisation's own users
 /// with the activity's permission, the school's LA (users who see tasks), the school's trust,
 /// the operator. Copies hold pupil data, so an account manager alone sees none.
-fn may_see_doc(state: &AppState, u: &SignedIn, act: &str, org: &db::Org) -> bool {
+pub fn may_see_doc(state: &AppState, u: &SignedIn, act: &str, org: &db::Org) -> bool {
     if u.may(Action::Operate) {
         return true;
+    }
+    // Access arrangements name pupils' needs: only the school's users with that permission
+    // (and the operator) see them; LAs get counts in their report.
+    let sensitive = state.cycle.activity(act).is_some_and(|a| {
+        a.audiences
+            .iter()
+            .any(|x| x.permission == Action::AccessArrangements)
+    });
+    if sensitive && (org.id != u.org || !u.may(Action::AccessArrangements)) {
+        return false;
     }
     if org.id == u.org {
         return state
@@ -1015,7 +1065,7 @@ async fn dashboard(
             ],
             links: Vec::new(),
         };
-        if st.missing.is_empty() {
+        if st.missing.is_empty() && st.blocked.is_empty() {
             let label = match (
                 section,
                 st.window.is_open() || matches!(st.window, Window::Late(_)),
@@ -1200,6 +1250,7 @@ struct OverviewQuery {
     uploaded: Option<usize>,
     day: Option<String>,
     submitted: Option<usize>,
+    decided: Option<String>,
 }
 
 /// An activity's own page, by its form.
@@ -1219,6 +1270,10 @@ async fn overview(
         Some(format!("{n} pupils uploaded and saved."))
     } else if let Some(d) = &q.day {
         Some(format!("The register for {d} is submitted."))
+    } else if let Some(l) = &q.decided {
+        Some(format!(
+            "Your decision on {l}'s request is recorded and the school has been told."
+        ))
     } else {
         q.submitted
             .map(|n| format!("TA submitted for {n} schools."))
@@ -1228,6 +1283,10 @@ async fn overview(
         Form::Attendance => attendance::overview(&state, &s, &id, notice).await,
         Form::Hdf => hdf::overview(&state, &s, &id).await,
         Form::Ta => ta::overview(&state, &s, &id, notice).await,
+        Form::Fields => fields::overview(&state, &s, &id, notice).await,
+        Form::Messages => messages::overview(&state, &s, &id, notice).await,
+        Form::Materials => materials::overview(&state, &s, &id).await,
+        Form::LaChoice => la_choice::overview(&state, &s, &id, notice).await,
     }
 }
 
@@ -1240,7 +1299,9 @@ async fn check_page(
         Form::Registration => registration::check_page(&state, &s, &id).await,
         Form::Hdf => hdf::check_page(&state, &s, &id).await,
         Form::Ta => ta::check_page(&state, &s, &id).await,
-        Form::Attendance => Err(AppError::NotFound),
+        Form::Fields => fields::check_page(&state, &s, &id).await,
+        Form::LaChoice => la_choice::check_page(&state, &s, &id).await,
+        _ => Err(AppError::NotFound),
     }
 }
 
@@ -1255,7 +1316,9 @@ async fn check_submit(
         Form::Registration => registration::check_submit(&state, &s, &id, addr, body).await,
         Form::Hdf => hdf::check_submit(&state, &s, &id, addr, body).await,
         Form::Ta => ta::check_submit(&state, &s, &id, addr, body).await,
-        Form::Attendance => Err(AppError::NotFound),
+        Form::Fields => fields::check_submit(&state, &s, &id, addr, body).await,
+        Form::LaChoice => la_choice::check_submit(&state, &s, &id, addr, body).await,
+        _ => Err(AppError::NotFound),
     }
 }
 
@@ -1337,11 +1400,206 @@ async fn autosave(
         Form::Ta => ta::autosave(&state, &s, &id, &f).await?,
         Form::Attendance => attendance::autosave(&state, &s, &id, &f).await?,
         Form::Registration => registration::autosave(&state, &s, &id, &f).await?,
+        Form::Fields => fields::autosave(&state, &s, &id, &f).await?,
+        Form::Messages | Form::Materials | Form::LaChoice => return Err(AppError::NotFound),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Every activity's status for each school of the signed-in LA or trust (seed 000: MAT users
+/// see every activity's status for each academy). Access arrangements activities are left out
+/// for users without that permission (their existence can be sensitive); LAs see them through
+/// the access arrangements report.
+async fn schools_status(State(state): State<AppState>, s: Signed) -> Result<Response, AppError> {
+    let schools = match s.user.kind {
+        OrgKind::La if s.user.may(Action::ManageTa) || s.user.may(Action::LaActivities) => {
+            db::schools_of(&state.db, Some(&s.user.org), None).await?
+        }
+        OrgKind::Mat if s.user.may(Action::ViewResults) => {
+            db::schools_of(&state.db, None, Some(&s.user.org)).await?
+        }
+        _ => return Err(AppError::Forbidden),
+    };
+    let acts: Vec<&Activity> = state
+        .cycle
+        .activities
+        .iter()
+        .filter(|a| {
+            a.audiences
+                .iter()
+                .any(|x| x.orgs == OrgKind::Ks2School && x.permission != Action::AccessArrangements)
+        })
+        .collect();
+    let mut p = ActivityPage::new(&state, &s, "Your schools' activities");
+    p.back = Some("/activities".into());
+    let mut sec = Section {
+        head: std::iter::once("School".to_string())
+            .chain(acts.iter().map(|a| a.name.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut rows: Vec<std::collections::HashMap<String, Status>> = Vec::new();
+    for a in &acts {
+        rows.push(statuses(&state.db, state.cycle.year, &a.id).await?);
+    }
+    for o in &schools {
+        let mut cells = vec![format!("{} ({})", o.name, o.id)];
+        for (a, st) in acts.iter().zip(&rows) {
+            cells.push(if a.audience(o.kind, o.school_type.as_deref()).is_none() {
+                "not applicable".into()
+            } else {
+                state_label(&st.get(&o.id).cloned()).to_string()
+            });
+        }
+        sec.rows.push(Row {
+            cells,
+            links: Vec::new(),
+        });
+    }
+    if sec.rows.is_empty() {
+        sec.head.clear();
+        sec.paragraphs.push("No schools.".into());
+    }
+    p.sections.push(sec);
+    Ok(p.respond())
+}
+
+/// The LA's report of its schools' access arrangements applications (ARA 3.2: early opening,
+/// additional time, timetable variations), to plan monitoring visits: counts of pupils, not
+/// who they are. `?format=csv` downloads it.
+async fn aa_report(
+    State(state): State<AppState>,
+    s: Signed,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Response, AppError> {
+    if s.user.kind != OrgKind::La || !s.user.may(Action::LaActivities) {
+        return Err(AppError::Forbidden);
+    }
+    let schools = db::schools_of(&state.db, Some(&s.user.org), None).await?;
+    let head = [
+        "School",
+        "DfE number",
+        "Application",
+        "Status",
+        "Submitted",
+        "Pupils",
+    ];
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    for a in state.cycle.activities.iter().filter(|a| {
+        a.form == Form::Fields
+            && a.audiences
+                .iter()
+                .any(|x| x.permission == Action::AccessArrangements)
+    }) {
+        let rows = statuses(&state.db, state.cycle.year, &a.id).await?;
+        for o in &schools {
+            let Some(st) = rows.get(&o.id).filter(|st| st.status != "draft") else {
+                continue;
+            };
+            let pupils: usize = a
+                .fields
+                .iter()
+                .filter(|f| f.kind == cycle::FieldKind::Pupils)
+                .map(|f| {
+                    st.draft
+                        .get(&f.name)
+                        .and_then(|v| v.as_array())
+                        .map_or(0, Vec::len)
+                })
+                .sum();
+            lines.push(vec![
+                o.name.clone(),
+                o.id.clone(),
+                a.name.clone(),
+                st.status.clone(),
+                st.submitted_at.map(|t| when(&state, t)).unwrap_or_default(),
+                pupils.to_string(),
+            ]);
+        }
+    }
+    record_access(&state, &s.user, "aa-report-viewed", s.user.org.clone()).await;
+    if q.get("format").map(String::as_str) == Some("csv") {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record(head);
+        for l in &lines {
+            let _ = w.write_record(l);
+        }
+        return Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!(
+                        "attachment; filename=\"{}-access-arrangements.csv\"",
+                        s.user.org
+                    ),
+                ),
+            ],
+            w.into_inner().unwrap_or_default(),
+        )
+            .into_response());
+    }
+    let mut p = ActivityPage::new(
+        &state,
+        &s,
+        "Access arrangements applications of your schools",
+    );
+    p.back = Some("/activities".into());
+    p.intro.push("Applications for early opening, additional time, compensatory marks and timetable variations, to help plan monitoring visits. Pupils are counted, not named.".into());
+    let mut sec = Section {
+        head: head.iter().map(|h| h.to_string()).collect(),
+        rows: lines
+            .into_iter()
+            .map(|cells| Row {
+                cells,
+                links: Vec::new(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    if sec.rows.is_empty() {
+        sec.head.clear();
+        sec.paragraphs.push("No applications yet.".into());
+    }
+    p.sections.push(sec);
+    p.links.push((
+        "/activities/access-arrangements?format=csv".into(),
+        "Download this report (CSV)".into(),
+    ));
+    Ok(p.respond())
+}
+
 // ---------- the operator ----------
+
+/// Any activity's submissions as CSV (for `fields` forms every answer; for the contract's
+/// forms the statuses, with the data itself in the pipeline export).
+async fn submissions(
+    State(state): State<AppState>,
+    s: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    operator(&s)?;
+    let act = state.cycle.activity(&id).ok_or(AppError::NotFound)?.clone();
+    let body = fields::submissions_csv(&state, &act).await?;
+    record_access(&state, &s.user, "activity-submissions-exported", id.clone()).await;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/csv; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}-submissions.csv\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
 
 /// The client's address for the audit log.
 pub fn ip(addr: Option<Extension<ClientAddr>>) -> Option<String> {
@@ -1496,7 +1754,7 @@ async fn operator_status(
             format!("Reopen for {}", o.name),
         )];
         if let Some(a) = act.audience(o.kind, o.school_type.as_deref()) {
-            for g in &a.requires {
+            for g in a.requires.iter().chain(a.unless.iter()) {
                 if let Gate::Operator(n) = g {
                     links.push((
                         format!("/operator/activities/{}/orgs/{}/gate/{n}", act.id, o.id),
@@ -1525,6 +1783,21 @@ async fn operator_status(
         });
     }
     p.sections.push(sec);
+    p.links.push((
+        format!("/operator/activities/{}/submissions.csv", act.id),
+        "Download every submission (CSV)".into(),
+    ));
+    match act.form {
+        Form::Messages => p.links.push((
+            format!("/operator/messages/{}", act.id),
+            "Read and answer messages".into(),
+        )),
+        Form::Materials => p.links.push((
+            format!("/operator/activities/{}/materials", act.id),
+            "Publish files".into(),
+        )),
+        _ => {}
+    }
     Ok(p.respond())
 }
 
@@ -1755,6 +2028,7 @@ fn operator_gate(act: &Activity, o: &db::Org, name: &str) -> Result<Gate, AppErr
         .and_then(|a| {
             a.requires
                 .iter()
+                .chain(a.unless.iter())
                 .find(|g| **g == Gate::Operator(name.to_string()))
         })
         .cloned()

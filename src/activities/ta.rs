@@ -472,12 +472,14 @@ fn entry_grid(lines: &[Line], posted: Option<&FormData>) -> Grid {
                             label: format!("{}: writing TA", l.name),
                             options: opt(WRITING, cur("writing", &l.writing)),
                             error: None,
+                            number: None,
                         },
                         GridInput {
                             name: format!("{}:science", l.upn),
                             label: format!("{}: science TA", l.name),
                             options: opt(SCIENCE, cur("science", &l.science)),
                             error: None,
+                            number: None,
                         },
                     ],
                 }
