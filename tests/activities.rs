@@ -73,6 +73,9 @@ async fn world(start: &str, tweak: impl FnOnce(&mut Settings, &std::path::Path))
         ("la@testshire.gov.uk", "999", &[Role::LaGeneralUser]),
         ("lam@testshire.gov.uk", "999", &[Role::LaAccountManager]),
         ("senior@testshire.gov.uk", "999", &[Role::LaSeniorManager]),
+        ("mod1@testshire.gov.uk", "999", &[Role::Moderator]),
+        ("mod2@testshire.gov.uk", "999", &[Role::Moderator]),
+        ("modman@testshire.gov.uk", "999", &[Role::ModerationManager]),
         ("ks3@high.sch.uk", "9994001", &[Role::Ks3User]),
         ("mat@trust.org.uk", "12345", &[Role::MatUser]),
         ("operator@sta.gov.uk", "operator", &[Role::Operator]),
@@ -1712,5 +1715,87 @@ async fn an_la_records_monitoring_visits_to_a_tenth_of_its_maintained_schools() 
             && !html.contains("Additional time application")
             && !html.contains("Rules Primary"),
         "{html}"
+    );
+}
+
+#[tokio::test]
+async fn each_moderator_takes_the_standardisation_exercise_and_managers_review_the_results() {
+    let w = world("2024-12-02T10:00", |_, _| {}).await;
+    let m1 = sign_in(&w.state, &w.app, "mod1@testshire.gov.uk").await;
+    let (_, html) = w.page("/activities", &m1).await;
+    assert!(
+        section(&html, "Outstanding activity").contains("English writing standardisation exercise")
+    );
+    let (status, html, _) = w
+        .post("/activities/standardisation-exercise/q/1", &m1, &[])
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Select pupil a"), "{html}");
+    for (n, v) in [(1, "EXS"), (2, "WTS"), (3, "EXS")] {
+        let (status, _, _) = w
+            .post(
+                &format!("/activities/standardisation-exercise/q/{n}"),
+                &m1,
+                &[("value", v)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+    }
+    let (_, _, loc) = w
+        .post("/activities/standardisation-exercise/check", &m1, &[])
+        .await;
+    assert_eq!(loc, "/activities/standardisation-exercise/submitted");
+    let (_, html) = w.page("/activities/standardisation-exercise", &m1).await;
+    assert!(
+        html.contains("Your score: 2 of 3 judgements agree with the standard"),
+        "{html}"
+    );
+    assert!(
+        html.contains("draws on reading to shape effective, original writing"),
+        "the commentary is shown"
+    );
+    // Each moderator has their own: the second has not started.
+    let m2 = sign_in(&w.state, &w.app, "mod2@testshire.gov.uk").await;
+    let (_, html) = w.page("/activities", &m2).await;
+    assert!(
+        section(&html, "Outstanding activity").contains("Not started"),
+        "{}",
+        section(&html, "Outstanding activity")
+    );
+    assert_eq!(
+        w.page("/activities/standardisation-exercise/results", &m1)
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "moderators do not see each other's results"
+    );
+    let man = sign_in(&w.state, &w.app, "modman@testshire.gov.uk").await;
+    let (status, html) = w
+        .page("/activities/standardisation-exercise/results", &man)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("mod1@testshire.gov.uk")
+            && html.contains("2 of 3")
+            && !html.contains("mod2@"),
+        "{html}"
+    );
+    let link = html
+        .split("href=\"/activities/standardisation-exercise/results/")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, html) = w
+        .page(
+            &format!("/activities/standardisation-exercise/results/{link}"),
+            &man,
+        )
+        .await;
+    assert!(
+        html.contains("Working towards the expected standard")
+            && html.contains("Spelling of words from the year 3 and 4 list")
     );
 }

@@ -108,6 +108,9 @@ pub struct Field {
     pub max: Option<i64>,
     /// Asked only of these school types (empty: everyone in the audience).
     pub school_types: Vec<SchoolType>,
+    /// For a scored exercise: the agreed answer, and the commentary shown after submitting.
+    pub answer: Option<String>,
+    pub commentary: String,
 }
 
 impl Field {
@@ -204,6 +207,15 @@ pub struct Activity {
     pub audiences: Vec<Audience>,
     /// The questions of a `fields` form, in order.
     pub fields: Vec<Field>,
+    /// Each user completes their own (a standardisation exercise), not one per organisation.
+    pub per_user: bool,
+}
+
+impl Activity {
+    /// Whether the questions have agreed answers (a scored exercise).
+    pub fn scored(&self) -> bool {
+        self.fields.iter().any(|f| f.answer.is_some())
+    }
 }
 
 impl Activity {
@@ -279,6 +291,8 @@ struct RawActivity {
     audience: Vec<RawAudience>,
     #[serde(default)]
     field: Vec<RawField>,
+    #[serde(default)]
+    per_user: bool,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +317,9 @@ struct RawField {
     max: Option<i64>,
     #[serde(default)]
     school_types: Vec<String>,
+    answer: Option<String>,
+    #[serde(default)]
+    commentary: String,
 }
 
 fn yes() -> bool {
@@ -705,7 +722,17 @@ pub fn parse(
                 .iter()
                 .map(|t| SchoolType::parse(t).map_err(|e| bad("school_types", format!("{t}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
+            if let Some(ans) = &f.answer
+                && (kind != FieldKind::Radios || !options.iter().any(|(v, _)| v == ans))
+            {
+                return Err(bad(
+                    "answer",
+                    format!("\"{ans}\" must be one of a radios question's options"),
+                ));
+            }
             fields.push(Field {
+                answer: f.answer.clone(),
+                commentary: f.commentary.clone(),
                 name: f.name.clone(),
                 kind,
                 label: f.label.clone(),
@@ -720,7 +747,13 @@ pub fn parse(
                 school_types,
             });
         }
+        if a.per_user && form != Form::Fields {
+            return Err(format!(
+                "{name}: {at}: field `per_user`: only for form = \"fields\""
+            ));
+        }
         activities.push(Activity {
+            per_user: a.per_user,
             fields,
             id: a.id.clone(),
             name: a.name.clone(),

@@ -26,7 +26,7 @@ use crate::auth::session::{Signed, check_csrf};
 use crate::db;
 use crate::error::AppError;
 use crate::http::ClientAddr;
-use crate::portal::{Field, FormData};
+use crate::portal::{Field, FormData, Section};
 
 /// Largest evidence file, bytes.
 pub const MAX_FILE: usize = 5 * 1024 * 1024;
@@ -39,6 +39,8 @@ pub fn routes() -> Router<AppState> {
             axum::routing::post(answer_file),
         )
         .route("/activities/{id}/files/{file}", get(file))
+        .route("/activities/{id}/results", get(results))
+        .route("/activities/{id}/results/{uid}", get(result))
 }
 
 async fn fields_ctx(state: &AppState, s: &Signed, id: &str) -> Result<Ctx, AppError> {
@@ -409,6 +411,20 @@ pub async fn overview(
         p.intro.push(format!("Reason given: {d}"));
     }
     let qs = questions(&c);
+    if c.act.scored() && c.standing.submitted() {
+        let (right, out_of) = score(&c.act, &a);
+        p.intro.push(format!(
+            "Your score: {right} of {out_of} judgements agree with the standard."
+        ));
+        p.sections.push(feedback(&c.act, &a));
+        if s.user.may(crate::auth::roles::Action::Moderation) {
+            p.links.push((
+                format!("{}/results", c.base),
+                "Your moderators' results".into(),
+            ));
+        }
+        return Ok(p.respond());
+    }
     if !a.is_empty() {
         p.summary = qs
             .iter()
@@ -669,7 +685,7 @@ async fn keep(
     let mut m = answers(c, s);
     m.insert(q.name.clone(), v);
     m.insert("_session".into(), Value::from(session_tag(s)));
-    save_draft(state, &c.act, &c.school.id, &s.user.email, Some(&m)).await?;
+    save_draft(state, &c.act, &c.key, &s.user.email, Some(&m)).await?;
     let next = questions(c).iter().map(|(i, _)| *i).find(|i| *i > n);
     Ok(Redirect::to(&match next {
         Some(i) => format!("{}/q/{i}", c.base),
@@ -729,7 +745,7 @@ pub async fn autosave(
         if let Ok(v) = check_answer(&q, f, &list) {
             let mut m = answers(&c, s);
             m.insert(q.name.clone(), v);
-            save_draft(state, &c.act, &c.school.id, &s.user.email, Some(&m)).await?;
+            save_draft(state, &c.act, &c.key, &s.user.email, Some(&m)).await?;
         }
     }
     Ok(())
@@ -936,7 +952,12 @@ pub async fn check_submit(
     // The submission keeps its answers (without the session stamp) for exports and reports.
     let mut kept = a.clone();
     kept.remove("_session");
-    save_draft(state, &c.act, &c.school.id, &s.user.email, Some(&kept)).await?;
+    if c.act.scored() {
+        let (score, out_of) = score(&c.act, &kept);
+        kept.insert("_score".into(), Value::from(score));
+        kept.insert("_out_of".into(), Value::from(out_of));
+    }
+    save_draft(state, &c.act, &c.key, &s.user.email, Some(&kept)).await?;
     submit(
         state,
         s,
@@ -947,6 +968,52 @@ pub async fn check_submit(
     )
     .await?;
     Ok(Redirect::to(&format!("/activities/{}/submitted", c.act.id)).into_response())
+}
+
+/// Answers that match the agreed ones, out of the questions that have one.
+pub fn score(act: &super::Activity, a: &Map<String, Value>) -> (usize, usize) {
+    let marked: Vec<&Question> = act.fields.iter().filter(|q| q.answer.is_some()).collect();
+    let right = marked
+        .iter()
+        .filter(|q| a.get(&q.name).and_then(Value::as_str) == q.answer.as_deref())
+        .count();
+    (right, marked.len())
+}
+
+/// After a scored exercise is submitted: each answer beside the agreed one, with the commentary.
+pub fn feedback(act: &super::Activity, a: &Map<String, Value>) -> Section {
+    let label = |q: &Question, v: Option<&str>| {
+        v.map_or("Not answered".to_string(), |v| {
+            q.options
+                .iter()
+                .find(|(k, _)| k == v)
+                .map_or(v.to_string(), |(_, l)| l.clone())
+        })
+    };
+    Section {
+        heading: "Your judgements and the agreed standard".into(),
+        head: vec![
+            "Question".into(),
+            "Your judgement".into(),
+            "Agreed judgement".into(),
+            "Commentary".into(),
+        ],
+        rows: act
+            .fields
+            .iter()
+            .filter(|q| q.answer.is_some())
+            .map(|q| crate::portal::Row {
+                cells: vec![
+                    q.label.clone(),
+                    label(q, a.get(&q.name).and_then(Value::as_str)),
+                    label(q, q.answer.as_deref()),
+                    q.commentary.clone(),
+                ],
+                links: Vec::new(),
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// One row per submission of a fields activity: the organisation, its status and every answer.
@@ -997,4 +1064,113 @@ pub async fn submissions_csv(state: &AppState, act: &super::Activity) -> Result<
     }
     String::from_utf8(w.into_inner().unwrap_or_default())
         .map_err(|e| AppError::Unexpected(e.into()))
+}
+
+/// A moderation manager's view of the exercise: every moderator of the LA with their score,
+/// and each one's judgements beside the agreed ones with the commentaries.
+async fn results(
+    State(state): State<AppState>,
+    s: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let (act, rows) = exercise(&state, &s, &id).await?;
+    let mut p = ActivityPage::new(&state, &s, &format!("{}: results", act.name));
+    p.back = Some(format!("/activities/{id}"));
+    let mut sec = crate::portal::Section {
+        head: vec![
+            "Moderator".into(),
+            "Submitted".into(),
+            "Score".into(),
+            String::new(),
+        ],
+        ..Default::default()
+    };
+    for (uid, st) in &rows {
+        let d = st.draft.as_object().cloned().unwrap_or_default();
+        let (right, out_of) = score(&act, &d);
+        sec.rows.push(crate::portal::Row {
+            cells: vec![
+                st.submitted_by.clone().unwrap_or_default(),
+                st.submitted_at.map(|t| when(&state, t)).unwrap_or_default(),
+                format!("{right} of {out_of}"),
+            ],
+            links: vec![(
+                format!("/activities/{id}/results/{uid}"),
+                format!(
+                    "Judgements of {}",
+                    st.submitted_by.clone().unwrap_or_default()
+                ),
+            )],
+        });
+    }
+    if sec.rows.is_empty() {
+        sec.head.clear();
+        sec.paragraphs
+            .push("No moderator has submitted the exercise yet.".into());
+    }
+    p.sections.push(sec);
+    Ok(p.respond())
+}
+
+async fn result(
+    State(state): State<AppState>,
+    s: Signed,
+    Path((id, uid)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let (act, rows) = exercise(&state, &s, &id).await?;
+    let (_, st) = rows
+        .iter()
+        .find(|(u, _)| *u == uid)
+        .ok_or(AppError::NotFound)?;
+    let d = st.draft.as_object().cloned().unwrap_or_default();
+    let (right, out_of) = score(&act, &d);
+    let mut p = ActivityPage::new(
+        &state,
+        &s,
+        &format!(
+            "{}: {}",
+            act.name,
+            st.submitted_by.clone().unwrap_or_default()
+        ),
+    );
+    p.back = Some(format!("/activities/{id}/results"));
+    p.intro.push(format!("Score: {right} of {out_of}."));
+    p.sections.push(feedback(&act, &d));
+    Ok(p.respond())
+}
+
+/// The exercise and its submissions by the manager's LA: (user id, status).
+async fn exercise(
+    state: &AppState,
+    s: &Signed,
+    id: &str,
+) -> Result<(super::Activity, Vec<(String, super::Status)>), AppError> {
+    let act = state
+        .cycle
+        .activity(id)
+        .filter(|a| a.per_user && a.scored())
+        .ok_or(AppError::NotFound)?
+        .clone();
+    if s.user.kind != crate::auth::roles::OrgKind::La
+        || !s.user.may(crate::auth::roles::Action::Moderation)
+    {
+        return Err(AppError::Forbidden);
+    }
+    let prefix = format!("{}:", s.user.org);
+    let mut rows: Vec<(String, super::Status)> =
+        super::statuses(&state.db, state.cycle.year, &act.id)
+            .await?
+            .into_iter()
+            .filter(|(k, st)| k.starts_with(&prefix) && st.status != "draft")
+            .map(|(k, st)| (k[prefix.len()..].to_string(), st))
+            .collect();
+    rows.sort_by(|a, b| a.1.submitted_by.cmp(&b.1.submitted_by));
+    record_access(
+        state,
+        &s.user,
+        "standardisation-results-viewed",
+        format!("{id}/{}", s.user.org),
+    )
+    .await;
+    Ok((act, rows))
 }

@@ -485,6 +485,9 @@ pub struct Ctx {
     /// The signed-in LA acting for the school, when it is not the school itself.
     pub by_la: bool,
     pub base: String,
+    /// The key of the activity's records: the organisation, or `org:user` for activities each
+    /// user completes themselves.
+    pub key: String,
 }
 
 impl Ctx {
@@ -605,13 +608,27 @@ pub async fn ctx(
         None => format!("/activities/{}", act.id),
         Some(l) => format!("/activities/{}/for/{l}", act.id),
     };
+    let key = record_key(&act, &school.id, &s.user.uid);
+    if act.per_user {
+        standing.status = status(&state.db, state.cycle.year, &act.id, &key).await?;
+    }
     Ok(Ctx {
+        key,
         act,
         school,
         standing,
         by_la: laestab.is_some(),
         base,
     })
+}
+
+/// Where an activity's records for this user in this organisation are kept.
+pub fn record_key(act: &Activity, org: &str, uid: &str) -> String {
+    if act.per_user {
+        format!("{org}:{uid}")
+    } else {
+        org.to_string()
+    }
 }
 
 /// Mark the activity submitted, keep the printable copy, send the receipt email and audit it.
@@ -626,7 +643,7 @@ pub async fn submit(
 ) -> Result<(), AppError> {
     let now = state.clock.now();
     let year = state.cycle.year as i64;
-    save_draft(state, &ctx.act, &ctx.school.id, &s.user.email, None).await?;
+    save_draft(state, &ctx.act, &ctx.key, &s.user.email, None).await?;
     sqlx::query(
         "UPDATE activity_status SET status = 'submitted', submitted_by = $1, submitted_org = $2, submitted_at = $3, \
          decision = NULL, decided_at = NULL WHERE cycle = $4 AND activity = $5 AND org_id = $6",
@@ -636,7 +653,7 @@ pub async fn submit(
     .bind(now)
     .bind(year)
     .bind(&ctx.act.id)
-    .bind(&ctx.school.id)
+    .bind(&ctx.key)
     .execute(&state.db)
     .await?;
     let body = copy.render().map_err(|e| AppError::Unexpected(e.into()))?;
@@ -1040,9 +1057,18 @@ async fn dashboard(
         })
         .collect();
     for act in &state.cycle.activities {
-        let Some(st) = standing(&state, act, &org).await? else {
+        let Some(mut st) = standing(&state, act, &org).await? else {
             continue;
         };
+        if act.per_user {
+            st.status = status(
+                &state.db,
+                state.cycle.year,
+                &act.id,
+                &record_key(act, &org.id, &s.user.uid),
+            )
+            .await?;
+        }
         if !s.user.may(st.audience.permission) {
             continue;
         }
@@ -1355,10 +1381,15 @@ async fn submitted(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let act = state.cycle.activity(&id).ok_or(AppError::NotFound)?;
-    let st = status(&state.db, state.cycle.year, &id, &s.user.org)
-        .await?
-        .filter(|st| st.status != "draft")
-        .ok_or(AppError::NotFound)?;
+    let st = status(
+        &state.db,
+        state.cycle.year,
+        &id,
+        &record_key(act, &s.user.org, &s.user.uid),
+    )
+    .await?
+    .filter(|st| st.status != "draft")
+    .ok_or(AppError::NotFound)?;
     let mut p = ActivityPage::new(&state, &s, &format!("{} submitted", act.name));
     p.notice = Some(format!(
         "{} was submitted at {}.",
