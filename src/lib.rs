@@ -71,6 +71,8 @@ pub struct Inner {
     pub sessions: auth::session::SessionCache,
     /// The test cycle's activities (checked at start).
     pub cycle: activities::Cycle,
+    /// The operator's changes to the cycle's windows.
+    pub windows: activities::Windows,
 }
 
 impl Deref for AppState {
@@ -149,6 +151,7 @@ impl AppState {
             queue: queue::Queue::new(hash_threads),
             sessions: auth::session::session_cache(),
             cycle,
+            windows: activities::Windows::default(),
         })))
     }
 }

@@ -1799,3 +1799,61 @@ async fn each_moderator_takes_the_standardisation_exercise_and_managers_review_t
             && html.contains("Spelling of words from the year 3 and 4 list")
     );
 }
+
+#[tokio::test]
+async fn the_operator_moves_a_deadline_without_a_restart() {
+    let w = world("2025-05-31T10:00", |_, _| {}).await;
+    let head = sign_in(&w.state, &w.app, "head@rules.sch.uk").await;
+    let who = [("name", "Hana Head"), ("is_head", "yes")];
+    assert_eq!(
+        w.post("/activities/hdf/who", &head, &who).await.0,
+        StatusCode::FORBIDDEN,
+        "closed at 5pm yesterday"
+    );
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    let (_, html) = w.page("/operator/activities/hdf", &op).await;
+    assert!(html.contains("Change the window for maintained, academy, free, special, mod, independent, nmss schools: 8:00am on Thursday 15 May 2025 to 5:00pm on Friday 30 May 2025"), "{html}");
+    let (status, html, _) = w
+        .post(
+            "/operator/activities/hdf/windows/0",
+            &op,
+            &[
+                ("opens", "2025-05-15T08:00"),
+                ("closes", "2025-05-01T17:00"),
+                ("late_until", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("The deadline must be after the opening time"));
+    let (status, html, _) = w
+        .post(
+            "/operator/activities/hdf/windows/0",
+            &op,
+            &[
+                ("opens", "2025-05-15T08:00"),
+                ("closes", "6 June"),
+                ("late_until", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("Enter the deadline, as"));
+    let (status, _, _) = w
+        .post(
+            "/operator/activities/hdf/windows/0",
+            &op,
+            &[
+                ("opens", "2025-05-15T08:00"),
+                ("closes", "2025-06-06T17:00"),
+                ("late_until", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(w.audits("activity-window-changed").await, 1);
+    let (status, _, _) = w.post("/activities/hdf/who", &head, &who).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "open again, with no restart");
+    let (_, html) = w.page("/activities", &head).await;
+    assert!(section(&html, "Outstanding activity").contains("Due by 5:00pm on Friday 6 June 2025"));
+}

@@ -219,6 +219,76 @@ impl Window {
     }
 }
 
+/// The operator's changes to audiences' windows (table `activity_windows`), over the cycle
+/// file: read from the database at most every 5 seconds per node, and at once after an edit on
+/// this node, so a change needs no restart.
+#[derive(Debug, Default)]
+pub struct Windows {
+    inner: std::sync::RwLock<WindowsInner>,
+}
+
+type WindowKey = (String, usize);
+
+#[derive(Debug, Default)]
+struct WindowsInner {
+    loaded: Option<std::time::Instant>,
+    map: std::collections::HashMap<WindowKey, (i64, i64, Option<i64>)>,
+}
+
+impl Windows {
+    pub async fn refresh(&self, db: &Db, year: i32) -> sqlx::Result<()> {
+        use sqlx::Row as _;
+        let rows = sqlx::query("SELECT * FROM activity_windows WHERE cycle = $1")
+            .bind(year as i64)
+            .fetch_all(db)
+            .await?;
+        let map = rows
+            .iter()
+            .map(|r| {
+                (
+                    (
+                        r.get::<String, _>("activity"),
+                        r.get::<i64, _>("audience") as usize,
+                    ),
+                    (r.get("opens"), r.get("closes"), r.get("late_until")),
+                )
+            })
+            .collect();
+        let mut w = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        w.map = map;
+        w.loaded = Some(std::time::Instant::now());
+        Ok(())
+    }
+    fn stale(&self) -> bool {
+        let w = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        w.loaded
+            .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(5))
+    }
+    /// The audience with the operator's window, if one was set.
+    pub fn apply(&self, act: &Activity, aud: &Audience) -> Audience {
+        let mut a = aud.clone();
+        if let Some(i) = act.audiences.iter().position(|x| std::ptr::eq(x, aud)) {
+            let w = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((o, c, l)) = w.map.get(&(act.id.clone(), i)) {
+                a.opens = *o;
+                a.closes = *c;
+                a.late_until = *l;
+            }
+        }
+        a
+    }
+}
+
+/// An audience as it stands now (the operator's window over the cycle file's).
+pub async fn audience_now(state: &AppState, act: &Activity, aud: &Audience) -> Audience {
+    if state.windows.stale()
+        && let Err(e) = state.windows.refresh(&state.db, state.cycle.year).await
+    {
+        tracing::warn!(error = %e, "activity windows not refreshed");
+    }
+    state.windows.apply(act, aud)
+}
+
 /// An organisation's row for an activity.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -442,6 +512,7 @@ pub async fn standing(
     let Some(aud) = act.audience(org.kind, org.school_type.as_deref()) else {
         return Ok(None);
     };
+    let aud = &audience_now(state, act, aud).await;
     let year = state.cycle.year;
     let (reopen, recorded) = exceptions(&state.db, year, &act.id, &org.id).await?;
     let mut missing = Vec::new();
@@ -577,10 +648,12 @@ pub async fn ctx(
         .ok_or(AppError::Forbidden)?;
     if laestab.is_some() && audience_kind == OrgKind::La {
         // The LA works to its own audience's dates and permission.
-        let aud = act
-            .audience(OrgKind::La, None)
-            .ok_or(AppError::Forbidden)?
-            .clone();
+        let aud = audience_now(
+            state,
+            &act,
+            act.audience(OrgKind::La, None).ok_or(AppError::Forbidden)?,
+        )
+        .await;
         let (reopen, _) = exceptions(&state.db, state.cycle.year, &act.id, &s.user.org).await?;
         standing.window = Window::of(&aud, state.clock.now(), reopen);
         standing.audience = aud;
@@ -893,6 +966,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/operator/activities/{id}/submissions.csv",
             get(submissions),
+        )
+        .route(
+            "/operator/activities/{id}/windows/{n}",
+            get(window_page).post(window_edit),
         )
         .route("/activities/schools", get(schools_status))
         .route("/activities/access-arrangements", get(aa_report))
@@ -1818,6 +1895,18 @@ async fn operator_status(
         format!("/operator/activities/{}/submissions.csv", act.id),
         "Download every submission (CSV)".into(),
     ));
+    for (i, a) in act.audiences.iter().enumerate() {
+        let now = audience_now(&state, act, a).await;
+        p.links.push((
+            format!("/operator/activities/{}/windows/{i}", act.id),
+            format!(
+                "Change the window for {}: {} to {}",
+                audience_label(a),
+                when(&state, now.opens),
+                when(&state, now.closes)
+            ),
+        ));
+    }
     match act.form {
         Form::Messages => p.links.push((
             format!("/operator/messages/{}", act.id),
@@ -1830,6 +1919,182 @@ async fn operator_status(
         _ => {}
     }
     Ok(p.respond())
+}
+
+fn audience_label(a: &Audience) -> String {
+    match a.orgs {
+        OrgKind::La => "local authorities".into(),
+        OrgKind::Mat => "trusts".into(),
+        _ if a.school_types.is_empty() => "all schools".into(),
+        _ => format!(
+            "{} schools",
+            a.school_types
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A local time for a form field: YYYY-MM-DDTHH:MM.
+fn local(state: &AppState, t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|t| {
+            t.to_zoned(state.tz.clone())
+                .strftime("%Y-%m-%dT%H:%M")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_local(state: &AppState, v: &str) -> Option<i64> {
+    let dt: jiff::civil::DateTime = v.trim().parse().ok()?;
+    dt.to_zoned(state.tz.clone())
+        .ok()
+        .map(|z| z.timestamp().as_second())
+}
+
+fn window_form(
+    state: &AppState,
+    s: &Signed,
+    act: &Activity,
+    n: usize,
+    a: &Audience,
+    v: [String; 3],
+) -> ActivityPage {
+    let mut p = ActivityPage::new(
+        state,
+        s,
+        &format!("{}: window for {}", act.name, audience_label(a)),
+    );
+    p.back = Some(format!("/operator/activities/{}", act.id));
+    p.intro.push("Local times (Europe/London). The change applies at once, without a restart, on every node within 5 seconds, and is recorded in the audit log.".into());
+    let hint = "For example, 2025-05-30T17:00";
+    p.form = Some(PageForm {
+        action: format!("/operator/activities/{}/windows/{n}", act.id),
+        fields: vec![
+            Field::input("text", "opens", "Opens")
+                .value(&v[0])
+                .hint(hint),
+            Field::input("text", "closes", "Closes (the deadline)")
+                .value(&v[1])
+                .hint(hint),
+            Field::input("text", "late_until", "Late additions until (optional)")
+                .value(&v[2])
+                .hint("Empty for none"),
+        ],
+        submit: "Save window".into(),
+        ..Default::default()
+    });
+    p
+}
+
+async fn window_page(
+    State(state): State<AppState>,
+    s: Signed,
+    Path((id, n)): Path<(String, usize)>,
+) -> Result<Response, AppError> {
+    operator(&s)?;
+    let act = state.cycle.activity(&id).ok_or(AppError::NotFound)?;
+    let a = act.audiences.get(n).ok_or(AppError::NotFound)?;
+    let now = audience_now(&state, act, a).await;
+    let v = [
+        local(&state, now.opens),
+        local(&state, now.closes),
+        now.late_until.map(|t| local(&state, t)).unwrap_or_default(),
+    ];
+    Ok(window_form(&state, &s, act, n, a, v).respond())
+}
+
+async fn window_edit(
+    State(state): State<AppState>,
+    s: Signed,
+    Path((id, n)): Path<(String, usize)>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    operator(&s)?;
+    let f = FormData::parse(&body);
+    check_csrf(&s.csrf, &f.get("csrf"))?;
+    let act = state.cycle.activity(&id).ok_or(AppError::NotFound)?;
+    let a = act.audiences.get(n).ok_or(AppError::NotFound)?;
+    let v = [f.get("opens"), f.get("closes"), f.get("late_until")];
+    let mut p = window_form(&state, &s, act, n, a, v.clone());
+    let opens = parse_local(&state, &v[0]);
+    let closes = parse_local(&state, &v[1]);
+    let late = if v[2].trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_local(&state, &v[2]).map(Some).ok_or(())
+    };
+    if opens.is_none() {
+        p.error("opens", "Enter when it opens, as 2025-05-15T08:00");
+    }
+    if closes.is_none() {
+        p.error("closes", "Enter the deadline, as 2025-05-30T17:00");
+    }
+    if late.is_err() {
+        p.error(
+            "late_until",
+            "Enter when late additions end, as 2025-05-15T23:59, or leave it empty",
+        );
+    }
+    if let (Some(o), Some(c)) = (opens, closes)
+        && c <= o
+    {
+        p.error("closes", "The deadline must be after the opening time");
+    }
+    if let (Some(c), Ok(Some(l))) = (closes, late)
+        && l <= c
+    {
+        p.error("late_until", "Late additions must end after the deadline");
+    }
+    if !p.errors.is_empty() {
+        return Ok(p.respond());
+    }
+    let (opens, closes, late) = (
+        opens.unwrap_or(0),
+        closes.unwrap_or(0),
+        late.unwrap_or(None),
+    );
+    let year = state.cycle.year as i64;
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "DELETE FROM activity_windows WHERE cycle = $1 AND activity = $2 AND audience = $3",
+    )
+    .bind(year)
+    .bind(&act.id)
+    .bind(n as i64)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO activity_windows (cycle, activity, audience, opens, closes, late_until, by_email, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(year)
+        .bind(&act.id)
+        .bind(n as i64)
+        .bind(opens)
+        .bind(closes)
+        .bind(late)
+        .bind(&s.user.email)
+        .bind(state.clock.now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.windows.refresh(&state.db, state.cycle.year).await?;
+    db::audit(
+        &state.db,
+        db::Audit {
+            actor: Some(&s.user.email),
+            org_id: Some(&s.user.org),
+            action: "activity-window-changed",
+            target: Some(&act.id),
+            detail: format!("{}: {} to {}", audience_label(a), v[0], v[1]),
+            ip: ip(addr),
+        },
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/operator/activities/{}", act.id)).into_response())
 }
 
 async fn chase(
