@@ -15,7 +15,11 @@
 //   NCA_LA_PASSWORD
 //   CHROMIUM              the browser (default /usr/bin/chromium)
 //   NCA_ARTIFACTS         folder for screenshots and HTML of failed steps (default: a temp dir)
-//   NCA_OPERATOR_EMAIL    an operator, with a password (journey i reopens registration)
+//   NCA_OPERATOR_EMAIL    an operator, with a password (journey i reopens registration; n to q
+//                         open the autumn and spring windows again for today)
+//   NCA_ACADEMY_EMAIL     an academy's headteacher (journey p)
+//   NCA_SENIOR_EMAIL      a senior manager of a second LA, 998 (journey p)
+//   NCA_MODERATOR_EMAIL   a moderator of LA 999 (journey q)
 //   NCA_JOURNEYS          comma-separated journey letters to run (default: all; i to m build
 //                         on each other: registration, attendance, HDF, TA, the LA's TA)
 //
@@ -49,6 +53,9 @@ const THROTTLED = {
 const KS3 = { email: process.env.NCA_KS3_EMAIL || '', password: process.env.NCA_KS3_PASSWORD || '' };
 const LA = { email: process.env.NCA_LA_EMAIL || '', password: process.env.NCA_LA_PASSWORD || '' };
 const OPERATOR = { email: process.env.NCA_OPERATOR_EMAIL || '', password: process.env.NCA_OPERATOR_PASSWORD || '' };
+const ACADEMY = { email: process.env.NCA_ACADEMY_EMAIL || '', password: process.env.NCA_ACADEMY_PASSWORD || '' };
+const SENIOR = { email: process.env.NCA_SENIOR_EMAIL || '', password: process.env.NCA_SENIOR_PASSWORD || '' };
+const MODERATOR = { email: process.env.NCA_MODERATOR_EMAIL || '', password: process.env.NCA_MODERATOR_PASSWORD || '' };
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.NCA_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'nca-browser-'));
 const ONLY = (process.env.NCA_JOURNEYS || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -382,6 +389,22 @@ async function acceptInvitation(j, page, link, password) {
   equal(new URL(page.url()).search, '?reset=1', 'query after setting the password');
   const notice = await page.locator('.govuk-notification-banner').textContent().catch(() => '');
   check(/Your password has been set/.test(notice || ''), `no "Your password has been set" notice after setting the password`);
+}
+
+/** As the operator: set an activity audience's window to run from yesterday to a week on. */
+async function openWindow(j, browser, activity, audience) {
+  const op = await j.newPage(browser);
+  await signIn(j, op, OPERATOR);
+  await j.goto(op, `/operator/activities/${activity}/windows/${audience}`, { label: `operator: ${activity} window` });
+  const day = (d) => {
+    const t = new Date(Date.now() + d * 86_400_000);
+    return `${t.getFullYear()}-${String(t.getMonth() + 1).padStart(2, '0')}-${String(t.getDate()).padStart(2, '0')}`;
+  };
+  await op.getByLabel('Opens').fill(`${day(-1)}T08:00`);
+  await op.getByLabel('Closes (the deadline)').fill(`${day(7)}T17:00`);
+  await op.getByLabel('Late additions until (optional)').fill('');
+  await j.submit(op, 'Save window', { path: `/operator/activities/${activity}`, label: `operator: ${activity} after the change` });
+  await op.close();
 }
 
 // ---------- the journeys ----------
@@ -890,6 +913,140 @@ const journeys = [
       await j.submit(page, 'Submit TA for the chosen schools', { path: '/activities/ta', label: 'LA: submitted' });
       const banner = await page.locator('.govuk-notification-banner').textContent();
       check(/TA submitted for 1 schools/.test(banner), `notice: ${banner}`);
+    },
+  },
+  {
+    letter: 'n',
+    title: 'the operator moves the test-order window to today; a school places a modified test order',
+    async run(j, browser) {
+      await openWindow(j, browser, 'modified-test-order', 0);
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/activities', { label: 'My Activity' });
+      await page.getByRole('link', { name: 'Start: Modified test order' }).click();
+      await page.waitForURL('**/activities/modified-test-order');
+      await j.axe(page, 'modified test order');
+      check((await page.locator('main').textContent()).includes('Complete this form in one session'), 'the page does not say it must be done in one session');
+      await page.getByRole('link', { name: 'Start now' }).click();
+      await page.waitForURL('**/q/1');
+      await j.axe(page, 'order: quantities');
+      await page.getByLabel('Mathematics Paper 1: arithmetic: Enlarged print').fill('x');
+      await j.submit(page, 'Continue', { status: 422, label: 'order: quantities, error' });
+      await expectErrors(page, [/Enlarged print: enter a whole number/]);
+      await page.getByLabel('Mathematics Paper 1: arithmetic: Enlarged print').fill('2');
+      await page.getByLabel('English reading: Braille uncontracted').fill('1');
+      await j.submit(page, 'Continue', { path: '/activities/modified-test-order/q/2', label: 'order: contact' });
+      await page.getByLabel('Name of the person to contact about this order').fill('Sam Office');
+      await j.submit(page, 'Continue', { path: '/activities/modified-test-order/q/3', label: 'order: notes' });
+      await j.submit(page, 'Continue', { path: '/activities/modified-test-order/check', label: 'order: check your answers' });
+      const summary = await page.locator('.govuk-summary-list').textContent();
+      check(summary.includes('English reading, Braille uncontracted: 1') && summary.includes('Enlarged print: 2'), `check your answers: ${summary}`);
+      await j.submit(page, 'Accept and submit', { path: '/activities/modified-test-order/submitted', label: 'order submitted' });
+    },
+  },
+  {
+    letter: 'o',
+    title: 'a school applies for a timetable variation and the operator approves it',
+    async run(j, browser) {
+      const page = await j.newPage(browser);
+      await signIn(j, page, MANAGER);
+      await j.goto(page, '/activities/timetable-variation', { label: 'timetable variation' });
+      await page.getByRole('link', { name: 'Start now' }).click();
+      await page.waitForURL('**/q/1');
+      await j.axe(page, 'variation: who');
+      await j.submit(page, 'Continue', { status: 422, label: 'variation: who, error' });
+      await expectErrors(page, ['Select who the variation is for']);
+      await page.getByLabel('A group of pupils').check();
+      await j.submit(page, 'Continue', { path: '/activities/timetable-variation/q/2', label: 'variation: pupils' });
+      await page.getByLabel(/^Ann Able/).check();
+      await page.getByLabel(/^Ben Bright/).check();
+      await j.submit(page, 'Continue', { path: '/activities/timetable-variation/q/3', label: 'variation: tests' });
+      await page.getByLabel('English reading').check();
+      await j.submit(page, 'Continue', { path: '/activities/timetable-variation/q/4', label: 'variation: date' });
+      await page.getByLabel('The day the tests will be taken').fill('31/02/2025');
+      await j.submit(page, 'Continue', { status: 422, label: 'variation: date, error' });
+      await expectErrors(page, [/not a real date/]);
+      await page.getByLabel('The day the tests will be taken').fill('2025-05-19');
+      await j.submit(page, 'Continue', { path: '/activities/timetable-variation/q/5', label: 'variation: reason' });
+      await page.getByLabel('The reason for the variation').fill('A class trip abroad booked before the timetable was published.');
+      await j.submit(page, 'Continue', { path: '/activities/timetable-variation/check', label: 'variation: check your answers' });
+      await j.submit(page, 'Accept and submit', { path: '/activities/timetable-variation/submitted', label: 'variation submitted' });
+
+      const op = await j.newPage(browser);
+      await signIn(j, op, OPERATOR);
+      await j.goto(op, '/operator/activities/timetable-variation', { label: 'operator: variations' });
+      await op.getByRole('link', { name: 'Decide for Rules Primary School' }).click();
+      await op.waitForURL('**/decide');
+      await j.axe(op, 'operator: decide');
+      await op.getByLabel('Accept').check();
+      await op.getByLabel('Reason, as the school will read it').fill('The reason meets the timetable variations guidance.');
+      await j.submit(op, 'Record decision', { path: '/operator/activities/timetable-variation', label: 'operator: decided' });
+      await j.goto(page, '/activities', { label: 'My Activity after the decision' });
+      await page.getByRole('link', { name: /^Letter/ }).first().click();
+      await page.waitForURL('**/activities/documents/**');
+      await j.axe(page, 'decision letter');
+      check((await page.locator('main').textContent()).includes('accepted'), 'the letter does not give the decision');
+    },
+  },
+  {
+    letter: 'p',
+    title: 'an academy chooses another LA for monitoring, and that LA approves',
+    async run(j, browser) {
+      check(ACADEMY.email && SENIOR.email, 'NCA_ACADEMY_EMAIL and NCA_SENIOR_EMAIL are required');
+      await openWindow(j, browser, 'la-choice', 0);
+      await openWindow(j, browser, 'la-choice', 2);
+      const page = await j.newPage(browser);
+      await signIn(j, page, ACADEMY);
+      await j.goto(page, '/activities/la-choice', { label: 'choose an LA' });
+      await page.getByLabel('Local authority', { exact: true }).selectOption('998');
+      await j.submit(page, 'Continue', { status: 422, label: 'choose an LA: error' });
+      await expectErrors(page, ['Confirm that you have a written agreement with the local authority']);
+      await page.getByLabel('Local authority', { exact: true }).selectOption('998');
+      await page.getByLabel(/^We have a written agreement/).check();
+      await j.submit(page, 'Continue', { path: '/activities/la-choice/check', label: 'choice: check your answers' });
+      await j.submit(page, 'Send request', { path: '/activities/la-choice/submitted', label: 'choice sent' });
+
+      const la = await j.newPage(browser);
+      await signIn(j, la, SENIOR);
+      await la.getByRole('link', { name: 'My Activity' }).click();
+      await la.waitForURL('**/activities');
+      await j.axe(la, 'other LA: My Activity');
+      await j.goto(la, '/activities/la-choice', { label: 'other LA: requests' });
+      await la.getByRole('link', { name: /^Open the request from St Anne/ }).click();
+      await la.waitForURL('**/requests/9992002');
+      await j.axe(la, 'other LA: the request');
+      await la.getByLabel(/^Approve/).check();
+      await j.submit(la, 'Record decision', { path: '/activities/la-choice', label: 'other LA: approved' });
+      await j.goto(page, '/activities/la-choice', { label: 'academy after approval' });
+      check((await page.locator('main').textContent()).includes('LA 998, chosen by the school and approved by that LA'), 'the academy does not see the approval');
+    },
+  },
+  {
+    letter: 'q',
+    title: 'a moderator takes the standardisation exercise and sees the commentary',
+    async run(j, browser) {
+      check(MODERATOR.email, 'NCA_MODERATOR_EMAIL is required');
+      await openWindow(j, browser, 'standardisation-exercise', 0);
+      const page = await j.newPage(browser);
+      await signIn(j, page, MODERATOR);
+      await j.goto(page, '/activities', { label: 'moderator: My Activity' });
+      await page.getByRole('link', { name: 'Start: English writing standardisation exercise' }).click();
+      await page.waitForURL('**/standardisation-exercise');
+      await j.axe(page, 'exercise');
+      await page.getByRole('link', { name: 'Start now' }).click();
+      await page.waitForURL('**/q/1');
+      await j.submit(page, 'Continue', { status: 422, label: 'exercise: no judgement' });
+      await expectErrors(page, [/^Select pupil a/]);
+      for (const [n, label] of [[1, 'Working at the expected standard'], [2, 'Working towards the expected standard'], [3, 'Working at the expected standard']]) {
+        await page.getByLabel(label).check();
+        await j.submit(page, 'Continue', { label: `exercise: after question ${n}` });
+      }
+      await expectHeading(page, 'Check your answers before submitting');
+      await j.submit(page, 'Accept and submit', { path: '/activities/standardisation-exercise/submitted', label: 'exercise submitted' });
+      await j.goto(page, '/activities/standardisation-exercise', { label: 'exercise: results' });
+      const text = await page.locator('main').textContent();
+      check(text.includes('Your score: 2 of 3'), `no score: ${text}`);
+      check(text.includes('draws on reading to shape effective, original writing'), 'no commentary');
     },
   },
 ];
