@@ -1798,6 +1798,12 @@ async fn each_moderator_takes_the_standardisation_exercise_and_managers_review_t
         html.contains("Working towards the expected standard")
             && html.contains("Spelling of words from the year 3 and 4 list")
     );
+    // The operator sees the LA as submitted once one of its moderators has.
+    let op = sign_in(&w.state, &w.app, "operator@sta.gov.uk").await;
+    let (_, html) = w
+        .page("/operator/activities/standardisation-exercise?q=999", &op)
+        .await;
+    assert!(html.contains("<td class=\"govuk-table__cell\">Testshire</td><td class=\"govuk-table__cell\">999</td><td class=\"govuk-table__cell\">submitted</td>"), "{html}");
 }
 
 #[tokio::test]
@@ -1856,4 +1862,68 @@ async fn the_operator_moves_a_deadline_without_a_restart() {
     assert_eq!(status, StatusCode::SEE_OTHER, "open again, with no restart");
     let (_, html) = w.page("/activities", &head).await;
     assert!(section(&html, "Outstanding activity").contains("Due by 5:00pm on Friday 6 June 2025"));
+}
+
+#[tokio::test]
+async fn moderation_summaries_are_uploaded_for_each_school_moderated() {
+    let w = world("2025-06-03T10:00", |_, _| {}).await;
+    let man = sign_in(&w.state, &w.app, "modman@testshire.gov.uk").await;
+    let (_, _, loc) = w
+        .post(
+            "/activities/moderation-summaries/q/1",
+            &man,
+            &[("value", SCHOOL), ("value", ACADEMY)],
+        )
+        .await;
+    assert_eq!(loc, "/activities/moderation-summaries/q/2");
+    let path = "/activities/moderation-summaries/q/2/file";
+    let (status, html) = w
+        .upload_as(path, &man, "value", "notes.pdf", "summary")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        html.contains("notes.pdf: start each file&#39;s name with the DfE number"),
+        "{html}"
+    );
+    let (status, html) = w
+        .upload_as(
+            path,
+            &man,
+            "value",
+            "9992001-summary.pdf",
+            "Rules: judgements confirmed.",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("none yet for 9992002"), "{html}");
+    let (status, _) = w
+        .upload_as(
+            path,
+            &man,
+            "value",
+            "9992002-summary.pdf",
+            "St Anne's: two judgements changed.",
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "every school now has its summary"
+    );
+    let (_, html) = w.page("/activities/moderation-summaries/check", &man).await;
+    assert!(
+        html.contains("Rules Primary School (9992001): 9992001-summary.pdf")
+            && html.contains("(9992002): 9992002-summary.pdf"),
+        "{html}"
+    );
+    let (_, _, loc) = w
+        .post("/activities/moderation-summaries/check", &man, &[])
+        .await;
+    assert_eq!(loc, "/activities/moderation-summaries/submitted");
+    let m1 = sign_in(&w.state, &w.app, "mod1@testshire.gov.uk").await;
+    assert_eq!(
+        w.page("/activities/moderation-summaries", &m1).await.0,
+        StatusCode::FORBIDDEN,
+        "moderators do not manage moderation records"
+    );
 }

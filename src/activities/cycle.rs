@@ -69,6 +69,9 @@ pub enum FieldKind {
     Quantities,
     /// An uploaded file (evidence), kept in the object store.
     File,
+    /// Files for each school chosen in the activity's `schools` question, each named from the
+    /// school's DfE number (external moderation summaries).
+    SchoolFiles,
     /// Date ranges, one a line: 2024-12-20 to 2025-01-06.
     Periods,
 }
@@ -86,6 +89,7 @@ impl FieldKind {
         ("schools", FieldKind::Schools),
         ("quantities", FieldKind::Quantities),
         ("file", FieldKind::File),
+        ("school_files", FieldKind::SchoolFiles),
         ("periods", FieldKind::Periods),
     ];
 }

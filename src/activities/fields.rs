@@ -18,8 +18,8 @@ use super::cycle::{Field as Question, FieldKind};
 use super::registration::{Pupil, pupils};
 
 use super::{
-    ActivityPage, Copy, Ctx, Form, Grid, GridInput, GridRow, PageForm, ctx, read_upload,
-    record_access, save_draft, submit, when,
+    ActivityPage, Copy, Ctx, Form, Grid, GridInput, GridRow, PageForm, ctx, record_access,
+    save_draft, submit, when,
 };
 use crate::AppState;
 use crate::auth::session::{Signed, check_csrf};
@@ -167,6 +167,23 @@ pub fn display(q: &Question, v: Option<&Value>, list: &Choices) -> String {
                 cells.join("; ")
             }
         }
+        FieldKind::SchoolFiles => v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(l, f)| {
+                let school = list
+                    .schools
+                    .iter()
+                    .find(|o| o.id == *l)
+                    .map_or(l.clone(), |o| format!("{} ({l})", o.name));
+                format!(
+                    "{school}: {}",
+                    f.get("name").and_then(Value::as_str).unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
         FieldKind::File => v
             .get("name")
             .and_then(Value::as_str)
@@ -196,6 +213,7 @@ fn answered(q: &Question, v: Option<&Value>) -> bool {
         None | Some(Value::Null) => false,
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) if q.kind == FieldKind::SchoolFiles => !o.is_empty(),
         Some(Value::Object(o)) if q.kind == FieldKind::Quantities => {
             o.values().any(|n| n.as_i64().unwrap_or(0) > 0)
         }
@@ -375,7 +393,7 @@ pub fn check_answer(q: &Question, f: &FormData, list: &Choices) -> Result<Value,
             }
             Ok(Value::String(v))
         }
-        FieldKind::File => Err("Choose a file".into()),
+        FieldKind::File | FieldKind::SchoolFiles => Err("Choose a file".into()),
     }
 }
 
@@ -437,6 +455,22 @@ pub async fn overview(
             })
             .collect();
         record_access(state, &s.user, "activity-viewed", c.audit_target()).await;
+        for (_, q) in qs.iter().filter(|(_, q)| q.kind == FieldKind::SchoolFiles) {
+            for (l, f) in a
+                .get(&q.name)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(fid) = f.get("id").and_then(Value::as_str) {
+                    let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+                    p.links.push((
+                        format!("{}/files/{fid}", c.base),
+                        format!("Download the summary for {l}: {name}"),
+                    ));
+                }
+            }
+        }
         for (_, q) in qs.iter().filter(|(_, q)| q.kind == FieldKind::File) {
             if let Some(fid) = a
                 .get(&q.name)
@@ -630,6 +664,26 @@ fn question_form(
             }
             form.grid = Some(g);
         }
+        FieldKind::SchoolFiles => {
+            form.action = format!("{}/q/{n}/file", c.base);
+            form.multipart = true;
+            form.autosave.clear();
+            let have: Vec<String> = value
+                .and_then(Value::as_object)
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let hint = format!(
+                "{} Choose one or more files; start each file's name with the school's DfE number, for example 9992001-summary.pdf.{}",
+                q.hint,
+                if have.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Already uploaded for: {}.", have.join(", "))
+                }
+            );
+            form.fields
+                .push(Field::input("files", "value", &q.label).hint(hint.trim()));
+        }
         FieldKind::File => {
             form.action = format!("{}/q/{n}/file", c.base);
             form.multipart = true;
@@ -751,37 +805,31 @@ pub async fn autosave(
     Ok(())
 }
 
-async fn answer_file(
-    State(state): State<AppState>,
-    s: Signed,
-    Path((id, n)): Path<(String, usize)>,
-    addr: Option<Extension<ClientAddr>>,
-    form: Multipart,
-) -> Result<Response, AppError> {
-    let c = fields_ctx(&state, &s, &id).await?;
-    let q = step(&c, n)?;
-    let (name, bytes, csrf) = read_upload(form, "value").await?;
-    check_csrf(&s.csrf, &csrf)?;
-    c.ensure_open(&state, false)?;
-    let list = choices(&state, &c.school).await?;
-    let a = answers(&c, &s);
-    let current = a.get(&q.name).cloned();
-    let err = if name.is_empty() || bytes.is_empty() {
-        if current.as_ref().is_some_and(|v| v.get("id").is_some()) || !q.required {
-            // Keep the file already given (or none, when the question is optional).
-            return keep(&state, &s, &c, n, &q, current.unwrap_or(Value::Null)).await;
+/// Every file in a multipart field, and the form's CSRF token.
+async fn read_uploads(mut form: Multipart, field: &str) -> (Vec<(String, Bytes)>, String) {
+    let (mut files, mut csrf) = (Vec::new(), String::new());
+    while let Ok(Some(f)) = form.next_field().await {
+        let n = f.name().unwrap_or("").to_string();
+        let file = f.file_name().unwrap_or("").to_string();
+        let b = f.bytes().await.unwrap_or_default();
+        if n == "csrf" {
+            csrf = String::from_utf8_lossy(&b).into_owned();
+        } else if n == field && !file.is_empty() && !b.is_empty() {
+            files.push((file, b));
         }
-        Some("Choose a file to upload".to_string())
-    } else if bytes.len() > MAX_FILE {
-        Some(format!("{name} is larger than 5 MB"))
-    } else {
-        None
-    };
-    if let Some(e) = err {
-        let mut p = question_form(&state, &s, &c, n, &q, current.as_ref(), None, &list);
-        p.error("value", &e);
-        return Ok(p.respond());
     }
+    (files, csrf)
+}
+
+/// Keep an uploaded file in the object store and the files table; its answer value.
+async fn store_file(
+    state: &AppState,
+    s: &Signed,
+    c: &Ctx,
+    name: &str,
+    bytes: Bytes,
+    addr: Option<Extension<ClientAddr>>,
+) -> Result<Value, AppError> {
     let fid = db::new_id();
     let key = layout::activity_file(state.cycle.year, &c.act.id, &c.school.id, &fid);
     state.store.put_key(&key, bytes.clone()).await?;
@@ -815,15 +863,108 @@ async fn answer_file(
         state.clock.now(),
     )
     .await?;
-    keep(
-        &state,
-        &s,
-        &c,
-        n,
-        &q,
-        serde_json::json!({ "id": fid, "name": safe, "size": bytes.len() }),
-    )
-    .await
+    Ok(serde_json::json!({ "id": fid, "name": safe, "size": bytes.len() }))
+}
+
+/// The schools chosen in the activity's `schools` question (for per-school files).
+fn chosen_schools(c: &Ctx, a: &Map<String, Value>) -> Vec<String> {
+    c.act
+        .fields
+        .iter()
+        .find(|q| q.kind == FieldKind::Schools)
+        .and_then(|q| a.get(&q.name))
+        .map(strings)
+        .unwrap_or_default()
+}
+
+async fn answer_file(
+    State(state): State<AppState>,
+    s: Signed,
+    Path((id, n)): Path<(String, usize)>,
+    addr: Option<Extension<ClientAddr>>,
+    form: Multipart,
+) -> Result<Response, AppError> {
+    let c = fields_ctx(&state, &s, &id).await?;
+    let q = step(&c, n)?;
+    let (files, csrf) = read_uploads(form, "value").await;
+    check_csrf(&s.csrf, &csrf)?;
+    c.ensure_open(&state, false)?;
+    let list = choices(&state, &c.school).await?;
+    let a = answers(&c, &s);
+    let current = a.get(&q.name).cloned();
+    let refuse = |e: String| {
+        let mut p = question_form(&state, &s, &c, n, &q, current.as_ref(), None, &list);
+        p.error("value", &e);
+        p.respond()
+    };
+    if let Some((name, _)) = files.iter().find(|(_, b)| b.len() > MAX_FILE) {
+        return Ok(refuse(format!("{name} is larger than 5 MB")));
+    }
+    if q.kind == FieldKind::SchoolFiles {
+        // One summary (or more) per school chosen, each file named from its DfE number.
+        let schools = chosen_schools(&c, &a);
+        let mut kept = current
+            .as_ref()
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        kept.retain(|k, _| schools.contains(k));
+        for (name, _) in &files {
+            if !schools.iter().any(|l| name.starts_with(l.as_str())) {
+                return Ok(refuse(format!(
+                    "{name}: start each file's name with the DfE number of one of the schools you chose ({})",
+                    schools.join(", ")
+                )));
+            }
+        }
+        for (name, bytes) in files {
+            let l = schools
+                .iter()
+                .find(|l| name.starts_with(l.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            let v = store_file(&state, &s, &c, &name, bytes, addr).await?;
+            kept.insert(l, v);
+        }
+        let missing: Vec<&String> = schools.iter().filter(|l| !kept.contains_key(*l)).collect();
+        if !missing.is_empty() && q.required {
+            let mut p = question_form(
+                &state,
+                &s,
+                &c,
+                n,
+                &q,
+                Some(&Value::Object(kept.clone())),
+                None,
+                &list,
+            );
+            p.error(
+                "value",
+                &format!(
+                    "Upload a summary for every school moderated: none yet for {}",
+                    missing
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            let mut m = a.clone();
+            m.insert(q.name.clone(), Value::Object(kept));
+            save_draft(&state, &c.act, &c.key, &s.user.email, Some(&m)).await?;
+            return Ok(p.respond());
+        }
+        return keep(&state, &s, &c, n, &q, Value::Object(kept)).await;
+    }
+    let Some((name, bytes)) = files.into_iter().next() else {
+        if current.as_ref().is_some_and(|v| v.get("id").is_some()) || !q.required {
+            // Keep the file already given (or none, when the question is optional).
+            return keep(&state, &s, &c, n, &q, current.unwrap_or(Value::Null)).await;
+        }
+        return Ok(refuse("Choose a file to upload".to_string()));
+    };
+    let v = store_file(&state, &s, &c, &name, bytes, addr).await?;
+    keep(&state, &s, &c, n, &q, v).await
 }
 
 /// An evidence file, to the organisation's users with the activity's permission, its LA's and

@@ -1724,7 +1724,22 @@ async fn audience_of(
     act: &Activity,
 ) -> anyhow::Result<Vec<(db::Org, Option<Status>, bool)>> {
     let mut out = Vec::new();
-    let rows = statuses(&state.db, state.cycle.year, &act.id).await?;
+    let mut rows = statuses(&state.db, state.cycle.year, &act.id).await?;
+    if act.per_user {
+        // Each user's own record (`org:user`): an organisation counts as submitted once any of
+        // its users has submitted, as started once any has started.
+        let mut by_org: std::collections::HashMap<String, Status> = Default::default();
+        for (key, st) in rows {
+            let org = key.split(':').next().unwrap_or("").to_string();
+            let better = by_org
+                .get(&org)
+                .is_none_or(|cur| cur.status == "draft" && st.status != "draft");
+            if better {
+                by_org.insert(org, st);
+            }
+        }
+        rows = by_org;
+    }
     for kind in [OrgKind::Ks2School, OrgKind::La, OrgKind::Mat] {
         if !act.audiences.iter().any(|a| a.orgs == kind) {
             continue;
