@@ -20,7 +20,7 @@ use super::{
 };
 use crate::AppState;
 use crate::auth::session::{Signed, check_csrf};
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::error::AppError;
 use crate::http::ClientAddr;
 use crate::portal::{FormData, Row, Section};
@@ -545,16 +545,16 @@ async fn day_submit(
         &s.user.email,
     )
     .await?;
-    crate::db::audit(
+    db::audit(
         &state.db,
-        crate::db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action: "attendance-day-submitted",
-            target: Some(&c.act.id),
-            detail: date.clone(),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            &s,
+            &c.school.id,
+            "attendance-day-submitted",
+            &c.act.id,
+            date.clone(),
+            addr,
+        ),
         now,
     )
     .await?;

@@ -852,14 +852,14 @@ async fn store_file(
         .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action: "activity-file-uploaded",
-            target: Some(&c.act.id),
-            detail: format!("{safe} ({} bytes)", bytes.len()),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            s,
+            &c.school.id,
+            "activity-file-uploaded",
+            &c.act.id,
+            format!("{safe} ({} bytes)", bytes.len()),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;

@@ -540,14 +540,14 @@ async fn decide(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&school.id),
-            action: "la-choice-decided",
-            target: Some(&act.id),
-            detail: format!("{word} by {}: {reason}", la_org.id),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            &s,
+            &school.id,
+            "la-choice-decided",
+            &act.id,
+            format!("{word} by {}: {reason}", la_org.id),
+            addr,
+        ),
         now,
     )
     .await?;

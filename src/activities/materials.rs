@@ -282,14 +282,14 @@ async fn upload(
         .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&s.user.org),
-            action: "material-published",
-            target: Some(&id),
-            detail: format!("{title}: {safe}"),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            &s,
+            &s.user.org,
+            "material-published",
+            &id,
+            format!("{title}: {safe}"),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;

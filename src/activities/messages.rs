@@ -288,14 +288,14 @@ async fn new_thread(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action: "message-sent",
-            target: Some(&c.act.id),
-            detail: tid.clone(),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            &s,
+            &c.school.id,
+            "message-sent",
+            &c.act.id,
+            tid.clone(),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;
@@ -386,14 +386,14 @@ async fn reply(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action: "message-sent",
-            target: Some(&c.act.id),
-            detail: tid.clone(),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            &s,
+            &c.school.id,
+            "message-sent",
+            &c.act.id,
+            tid.clone(),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;
@@ -527,14 +527,7 @@ async fn operator_reply(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&first.org_id),
-            action: "message-replied",
-            target: Some(&id),
-            detail: tid.clone(),
-            ip: super::ip(addr),
-        },
+        super::audited(&s, &first.org_id, "message-replied", &id, tid.clone(), addr),
         state.clock.now(),
     )
     .await?;

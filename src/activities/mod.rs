@@ -1709,6 +1709,25 @@ async fn submissions(
         .into_response())
 }
 
+/// An audit record of a change the signed-in user made to an activity of `org`.
+pub fn audited<'a>(
+    s: &'a Signed,
+    org: &'a str,
+    action: &'a str,
+    target: &'a str,
+    detail: String,
+    addr: Option<Extension<ClientAddr>>,
+) -> db::Audit<'a> {
+    db::Audit {
+        actor: Some(&s.user.email),
+        org_id: Some(org),
+        action,
+        target: Some(target),
+        detail,
+        ip: ip(addr),
+    }
+}
+
 /// The client's address for the audit log.
 pub fn ip(addr: Option<Extension<ClientAddr>>) -> Option<String> {
     Some(ClientAddr::ip_of(addr).to_string())
@@ -2098,14 +2117,14 @@ async fn window_edit(
     state.windows.refresh(&state.db, state.cycle.year).await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&s.user.org),
-            action: "activity-window-changed",
-            target: Some(&act.id),
-            detail: format!("{}: {} to {}", audience_label(a), v[0], v[1]),
-            ip: ip(addr),
-        },
+        audited(
+            &s,
+            &s.user.org,
+            "activity-window-changed",
+            &act.id,
+            format!("{}: {} to {}", audience_label(a), v[0], v[1]),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;
@@ -2157,14 +2176,14 @@ async fn chase(
     }
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&s.user.org),
-            action: "activity-chased",
-            target: Some(&act.id),
-            detail: format!("{n} organisations"),
-            ip: ip(addr),
-        },
+        audited(
+            &s,
+            &s.user.org,
+            "activity-chased",
+            &act.id,
+            format!("{n} organisations"),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;
@@ -2274,14 +2293,14 @@ async fn reopen(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&o.id),
-            action: "activity-reopened",
-            target: Some(&act.id),
-            detail: format!("until {until}: {reason}"),
-            ip: ip(addr),
-        },
+        audited(
+            &s,
+            &o.id,
+            "activity-reopened",
+            &act.id,
+            format!("until {until}: {reason}"),
+            addr,
+        ),
         now,
     )
     .await?;
@@ -2397,14 +2416,14 @@ async fn gate(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&o.id),
-            action: "activity-gate-recorded",
-            target: Some(&act.id),
-            detail: format!("{name}: {reason}"),
-            ip: ip(addr),
-        },
+        audited(
+            &s,
+            &o.id,
+            "activity-gate-recorded",
+            &act.id,
+            format!("{name}: {reason}"),
+            addr,
+        ),
         now,
     )
     .await?;
@@ -2520,14 +2539,14 @@ async fn decide(
     .await?;
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&o.id),
-            action: "activity-decided",
-            target: Some(&act.id),
-            detail: format!("{word}: {reason}"),
-            ip: ip(addr),
-        },
+        audited(
+            &s,
+            &o.id,
+            "activity-decided",
+            &act.id,
+            format!("{word}: {reason}"),
+            addr,
+        ),
         now,
     )
     .await?;

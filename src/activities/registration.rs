@@ -18,7 +18,7 @@ use super::{
 };
 use crate::AppState;
 use crate::auth::session::{Signed, check_csrf};
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::error::AppError;
 use crate::http::ClientAddr;
 use crate::portal::{Field, FormData, Row, Section};
@@ -644,16 +644,9 @@ async fn audit(
     detail: &str,
     addr: Option<Extension<ClientAddr>>,
 ) -> Result<(), AppError> {
-    crate::db::audit(
+    db::audit(
         &state.db,
-        crate::db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action,
-            target: Some(&c.act.id),
-            detail: detail.to_string(),
-            ip: super::ip(addr),
-        },
+        super::audited(s, &c.school.id, action, &c.act.id, detail.to_string(), addr),
         state.clock.now(),
     )
     .await?;

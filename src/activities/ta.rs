@@ -932,14 +932,14 @@ async fn take_upload(
     }
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&s.user.org),
-            action: "ta-uploaded",
-            target: Some(act_id),
-            detail: format!("{name}: {} pupils", keep.len()),
-            ip: super::ip(addr),
-        },
+        super::audited(
+            s,
+            &s.user.org,
+            "ta-uploaded",
+            act_id,
+            format!("{name}: {} pupils", keep.len()),
+            addr,
+        ),
         state.clock.now(),
     )
     .await?;
@@ -1404,14 +1404,7 @@ async fn arrangement(
     }
     db::audit(
         &state.db,
-        db::Audit {
-            actor: Some(&s.user.email),
-            org_id: Some(&c.school.id),
-            action: "ta-arrangement",
-            target: Some(&c.act.id),
-            detail: who,
-            ip: super::ip(addr),
-        },
+        super::audited(&s, &c.school.id, "ta-arrangement", &c.act.id, who, addr),
         state.clock.now(),
     )
     .await?;
