@@ -2205,6 +2205,45 @@ async fn operator_target(
     Ok((act, o))
 }
 
+/// Record one of the operator's exceptions for an activity and organisation (a reopening
+/// until a time, or a gate), replacing an earlier one of the same kind, in one transaction.
+#[allow(clippy::too_many_arguments)]
+async fn record_exception(
+    state: &AppState,
+    act: &str,
+    org: &str,
+    what: &str,
+    until: Option<i64>,
+    reason: &str,
+    by: &str,
+    at: i64,
+) -> sqlx::Result<()> {
+    let year = state.cycle.year as i64;
+    let mut tx = state.db.begin().await?;
+    sqlx::query("DELETE FROM activity_exceptions WHERE cycle = $1 AND activity = $2 AND org_id = $3 AND what = $4")
+        .bind(year)
+        .bind(act)
+        .bind(org)
+        .bind(what)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO activity_exceptions (cycle, activity, org_id, what, until_at, reason, by_email, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(year)
+    .bind(act)
+    .bind(org)
+    .bind(what)
+    .bind(until)
+    .bind(reason)
+    .bind(by)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 fn reopen_form(
     state: &AppState,
     s: &Signed,
@@ -2271,25 +2310,16 @@ async fn reopen(
     }
     let now = state.clock.now();
     let until = now + n * 86_400;
-    let year = state.cycle.year as i64;
-    sqlx::query("DELETE FROM activity_exceptions WHERE cycle = $1 AND activity = $2 AND org_id = $3 AND what = 'reopen'")
-        .bind(year)
-        .bind(&act.id)
-        .bind(&o.id)
-        .execute(&state.db)
-        .await?;
-    sqlx::query(
-        "INSERT INTO activity_exceptions (cycle, activity, org_id, what, until_at, reason, by_email, at) \
-         VALUES ($1, $2, $3, 'reopen', $4, $5, $6, $7)",
+    record_exception(
+        &state,
+        &act.id,
+        &o.id,
+        "reopen",
+        Some(until),
+        &reason,
+        &s.user.email,
+        now,
     )
-    .bind(year)
-    .bind(&act.id)
-    .bind(&o.id)
-    .bind(until)
-    .bind(&reason)
-    .bind(&s.user.email)
-    .bind(now)
-    .execute(&state.db)
     .await?;
     db::audit(
         &state.db,
@@ -2394,25 +2424,16 @@ async fn gate(
     }
     let now = state.clock.now();
     let what = format!("gate:{name}");
-    sqlx::query("DELETE FROM activity_exceptions WHERE cycle = $1 AND activity = $2 AND org_id = $3 AND what = $4")
-        .bind(state.cycle.year as i64)
-        .bind(&act.id)
-        .bind(&o.id)
-        .bind(&what)
-        .execute(&state.db)
-        .await?;
-    sqlx::query(
-        "INSERT INTO activity_exceptions (cycle, activity, org_id, what, until_at, reason, by_email, at) \
-         VALUES ($1, $2, $3, $4, NULL, $5, $6, $7)",
+    record_exception(
+        &state,
+        &act.id,
+        &o.id,
+        &what,
+        None,
+        &reason,
+        &s.user.email,
+        now,
     )
-    .bind(state.cycle.year as i64)
-    .bind(&act.id)
-    .bind(&o.id)
-    .bind(&what)
-    .bind(&reason)
-    .bind(&s.user.email)
-    .bind(now)
-    .execute(&state.db)
     .await?;
     db::audit(
         &state.db,
