@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 
 use super::{
-    ActivityPage, Copy, Ctx, EmailEvent, Form, PageForm, add_document, ctx, radios, save_draft,
-    status, submit, when,
+    ActivityPage, Copy, Ctx, EmailEvent, Form, PageForm, ctx, radios, save_draft, status, submit,
+    when,
 };
 use crate::AppState;
 use crate::auth::roles::{Action, OrgKind};
@@ -500,15 +500,6 @@ async fn decide(
         return Ok(p.respond());
     }
     let now = state.clock.now();
-    sqlx::query("UPDATE activity_status SET status = $1, decision = $2, decided_at = $3 WHERE cycle = $4 AND activity = $5 AND org_id = $6 AND status = 'submitted'")
-        .bind(&choice)
-        .bind(&reason)
-        .bind(now)
-        .bind(state.cycle.year as i64)
-        .bind(&act.id)
-        .bind(&school.id)
-        .execute(&state.db)
-        .await?;
     let word = if choice == "accepted" {
         "approved"
     } else {
@@ -527,14 +518,13 @@ async fn decide(
         ],
         sections: Vec::new(),
     };
-    add_document(
+    super::record_decision(
         &state,
         &act,
         &school.id,
-        "letter",
+        (&choice, &reason, now),
+        &letter,
         &format!("{}: {word} by {}", act.name, la_org.name),
-        &askama::Template::render(&letter).map_err(|e| AppError::Unexpected(e.into()))?,
-        "",
         &s.user.email,
     )
     .await?;

@@ -2451,6 +2451,36 @@ async fn gate(
     Ok(Redirect::to(&format!("/operator/activities/{}?q={}", act.id, o.id)).into_response())
 }
 
+/// Record a decision on an organisation's submission (`choice` is accepted or rejected, with
+/// its reason and time) and keep the letter in its audit trail. Only a submission awaiting a
+/// decision changes.
+pub async fn record_decision(
+    state: &AppState,
+    act: &Activity,
+    org: &str,
+    (choice, reason, at): (&str, &str, i64),
+    letter: &Copy,
+    title: &str,
+    by: &str,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE activity_status SET status = $1, decision = $2, decided_at = $3 WHERE cycle = $4 AND activity = $5 AND org_id = $6 AND status = 'submitted'",
+    )
+    .bind(choice)
+    .bind(reason)
+    .bind(at)
+    .bind(state.cycle.year as i64)
+    .bind(&act.id)
+    .bind(org)
+    .execute(&state.db)
+    .await?;
+    let body = letter
+        .render()
+        .map_err(|e| AppError::Unexpected(e.into()))?;
+    add_document(state, act, org, "letter", title, &body, "", by).await?;
+    Ok(())
+}
+
 fn decide_form(
     state: &AppState,
     s: &Signed,
@@ -2519,17 +2549,6 @@ async fn decide(
         return Ok(p.respond());
     }
     let now = state.clock.now();
-    sqlx::query(
-        "UPDATE activity_status SET status = $1, decision = $2, decided_at = $3 WHERE cycle = $4 AND activity = $5 AND org_id = $6 AND status = 'submitted'",
-    )
-    .bind(&choice)
-    .bind(&reason)
-    .bind(now)
-    .bind(state.cycle.year as i64)
-    .bind(&act.id)
-    .bind(&o.id)
-    .execute(&state.db)
-    .await?;
     let word = if choice == "accepted" {
         "accepted"
     } else {
@@ -2545,16 +2564,13 @@ async fn decide(
         ],
         sections: Vec::new(),
     };
-    add_document(
+    record_decision(
         &state,
         &act,
         &o.id,
-        "letter",
+        (&choice, &reason, now),
+        &letter,
         &format!("{}: {word}", act.name),
-        &letter
-            .render()
-            .map_err(|e| AppError::Unexpected(e.into()))?,
-        "",
         &s.user.email,
     )
     .await?;
