@@ -77,33 +77,72 @@ async fn messages(
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn add(
+/// A message to keep: in which activity, for which school, in which thread (none: a new one).
+struct Post<'a> {
+    act: &'a str,
+    org: &'a str,
+    thread: Option<&'a str>,
+    subject: &'a str,
+    body: &'a str,
+}
+
+/// Keep a message from the signed-in user (the operator when `operator`), and audit it; the
+/// thread's id.
+async fn post(
     state: &AppState,
-    act: &str,
-    org: &str,
-    thread: Option<&str>,
-    subject: &str,
-    body: &str,
-    author: &str,
+    s: &Signed,
+    addr: Option<Extension<ClientAddr>>,
+    m: Post<'_>,
     operator: bool,
-) -> sqlx::Result<String> {
+) -> Result<String, AppError> {
     let id = db::new_id();
-    let thread = thread.map_or(id.clone(), String::from);
+    let thread = m.thread.map_or(id.clone(), String::from);
+    let now = state.clock.now();
     sqlx::query("INSERT INTO activity_messages (id, cycle, activity, org_id, thread_id, subject, body, author, from_operator, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(&id)
         .bind(state.cycle.year as i64)
-        .bind(act)
-        .bind(org)
+        .bind(m.act)
+        .bind(m.org)
         .bind(&thread)
-        .bind(subject)
-        .bind(body)
-        .bind(author)
+        .bind(m.subject)
+        .bind(m.body)
+        .bind(&s.user.email)
         .bind(i64::from(operator))
-        .bind(state.clock.now())
+        .bind(now)
         .execute(&state.db)
         .await?;
+    let action = if operator {
+        "message-replied"
+    } else {
+        "message-sent"
+    };
+    db::audit(
+        &state.db,
+        super::audited(s, m.org, action, m.act, thread.clone(), addr),
+        now,
+    )
+    .await?;
     Ok(thread)
+}
+
+/// A thread's page: its messages in order, and a reply form posting to `action` (none when
+/// replies are closed), with `reply` typed so far.
+fn thread_view(
+    state: &AppState,
+    s: &Signed,
+    list: &[Message],
+    action: Option<String>,
+    reply: &str,
+) -> ActivityPage {
+    let mut p = ActivityPage::new(state, s, list.first().map_or("", |m| m.subject.as_str()));
+    p.sections = thread_section(state, list);
+    p.form = action.map(|action| PageForm {
+        action,
+        fields: vec![Field::input("textarea", "body", "Reply").value(reply)],
+        submit: "Send reply".into(),
+        ..Default::default()
+    });
+    p
 }
 
 /// Threads, newest activity first: (thread id, subject, org, messages, last message).
@@ -275,28 +314,18 @@ async fn new_thread(
     if !p.errors.is_empty() {
         return Ok(p.respond());
     }
-    let tid = add(
+    let tid = post(
         &state,
-        &c.act.id,
-        &c.school.id,
-        None,
-        &subject,
-        &text,
-        &s.user.email,
+        &s,
+        addr,
+        Post {
+            act: &c.act.id,
+            org: &c.school.id,
+            thread: None,
+            subject: &subject,
+            body: &text,
+        },
         false,
-    )
-    .await?;
-    db::audit(
-        &state.db,
-        super::audited(
-            &s,
-            &c.school.id,
-            "message-sent",
-            &c.act.id,
-            tid.clone(),
-            addr,
-        ),
-        state.clock.now(),
     )
     .await?;
     Ok(Redirect::to(&format!("{}/threads/{tid}", c.base)).into_response())
@@ -316,7 +345,9 @@ async fn thread_page(
         Some(&tid),
     )
     .await?;
-    let first = list.first().ok_or(AppError::NotFound)?;
+    if list.is_empty() {
+        return Err(AppError::NotFound);
+    }
     record_access(
         &state,
         &s.user,
@@ -324,18 +355,16 @@ async fn thread_page(
         format!("{}/{tid}", c.audit_target()),
     )
     .await;
-    let mut p = ActivityPage::new(&state, &s, &first.subject);
+    let open = c.standing.window.is_open();
+    let mut p = thread_view(
+        &state,
+        &s,
+        &list,
+        open.then(|| format!("{}/threads/{tid}", c.base)),
+        "",
+    );
     p.caption = c.act.name.clone();
     p.back = Some(c.base.clone());
-    p.sections = thread_section(&state, &list);
-    if c.standing.window.is_open() {
-        p.form = Some(PageForm {
-            action: format!("{}/threads/{tid}", c.base),
-            fields: vec![Field::input("textarea", "body", "Reply")],
-            submit: "Send reply".into(),
-            ..Default::default()
-        });
-    }
     Ok(p.respond())
 }
 
@@ -361,40 +390,29 @@ async fn reply(
     let first = list.first().ok_or(AppError::NotFound)?;
     let text = f.get("body").trim().to_string();
     if text.is_empty() || text.chars().count() > 5000 {
-        let mut p = ActivityPage::new(&state, &s, &first.subject);
+        let mut p = thread_view(
+            &state,
+            &s,
+            &list,
+            Some(format!("{}/threads/{tid}", c.base)),
+            &text,
+        );
         p.back = Some(c.base.clone());
-        p.sections = thread_section(&state, &list);
-        p.form = Some(PageForm {
-            action: format!("{}/threads/{tid}", c.base),
-            fields: vec![Field::input("textarea", "body", "Reply").value(&text)],
-            submit: "Send reply".into(),
-            ..Default::default()
-        });
         p.error("body", "Enter your reply (5,000 characters at most)");
         return Ok(p.respond());
     }
-    add(
+    post(
         &state,
-        &c.act.id,
-        &c.school.id,
-        Some(&tid),
-        &first.subject,
-        &text,
-        &s.user.email,
+        &s,
+        addr,
+        Post {
+            act: &c.act.id,
+            org: &c.school.id,
+            thread: Some(&tid),
+            subject: &first.subject,
+            body: &text,
+        },
         false,
-    )
-    .await?;
-    db::audit(
-        &state.db,
-        super::audited(
-            &s,
-            &c.school.id,
-            "message-sent",
-            &c.act.id,
-            tid.clone(),
-            addr,
-        ),
-        state.clock.now(),
     )
     .await?;
     Ok(Redirect::to(&format!("{}/threads/{tid}", c.base)).into_response())
@@ -470,16 +488,15 @@ async fn operator_thread(
     )
     .await;
     let org = db::org(&state.db, &first.org_id).await?;
-    let mut p = ActivityPage::new(&state, &s, &first.subject);
+    let mut p = thread_view(
+        &state,
+        &s,
+        &list,
+        Some(format!("/operator/messages/{id}/{tid}")),
+        "",
+    );
     p.caption = org.map_or(first.org_id.clone(), |o| format!("{} ({})", o.name, o.id));
     p.back = Some(format!("/operator/messages/{id}"));
-    p.sections = thread_section(&state, &list);
-    p.form = Some(PageForm {
-        action: format!("/operator/messages/{id}/{tid}"),
-        fields: vec![Field::input("textarea", "body", "Reply")],
-        submit: "Send reply".into(),
-        ..Default::default()
-    });
     Ok(p.respond())
 }
 
@@ -503,32 +520,28 @@ async fn operator_reply(
     let first = list.first().ok_or(AppError::NotFound)?.clone();
     let text = f.get("body").trim().to_string();
     if text.is_empty() {
-        let mut p = ActivityPage::new(&state, &s, &first.subject);
-        p.sections = thread_section(&state, &list);
-        p.form = Some(PageForm {
-            action: format!("/operator/messages/{id}/{tid}"),
-            fields: vec![Field::input("textarea", "body", "Reply")],
-            submit: "Send reply".into(),
-            ..Default::default()
-        });
+        let mut p = thread_view(
+            &state,
+            &s,
+            &list,
+            Some(format!("/operator/messages/{id}/{tid}")),
+            "",
+        );
         p.error("body", "Enter your reply");
         return Ok(p.respond());
     }
-    add(
+    post(
         &state,
-        &id,
-        &first.org_id,
-        Some(&tid),
-        &first.subject,
-        &text,
-        &s.user.email,
+        &s,
+        addr,
+        Post {
+            act: &id,
+            org: &first.org_id,
+            thread: Some(&tid),
+            subject: &first.subject,
+            body: &text,
+        },
         true,
-    )
-    .await?;
-    db::audit(
-        &state.db,
-        super::audited(&s, &first.org_id, "message-replied", &id, tid.clone(), addr),
-        state.clock.now(),
     )
     .await?;
     // Tell the school's writers in this thread that there is a reply (not the reply itself:
