@@ -551,6 +551,7 @@ async fn operator_reply(
         .filter(|m| !m.from_operator)
         .map(|m| m.author.clone())
         .collect();
+    to.sort();
     to.dedup();
     for addr in &to {
         state.mailer.send(addr, &format!("Reply: {}", first.subject), &format!("The Standards and Testing Agency has replied to your message \u{201c}{}\u{201d}. Sign in to the NCA Portal and open My Activity, {}, to read it.", first.subject, act.name)).await?;
