@@ -581,7 +581,7 @@ async fn day_submit(
             }
             all.sections.append(&mut one.sections);
         }
-        submit(&state, &s, &c, &all, &search, super::ip(addr)).await?;
+        submit(&state, &s, &c, &all, &search, super::ip(addr), None).await?;
         return Ok(Redirect::to(&format!("/activities/{}/submitted", c.act.id)).into_response());
     }
     Ok(Redirect::to(&format!("{}?day={date}", c.base)).into_response())

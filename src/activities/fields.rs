@@ -1092,13 +1092,13 @@ pub async fn check_submit(
         .join(" ");
     // The submission keeps its answers (without the session stamp) for exports and reports.
     let mut kept = a.clone();
-    kept.remove("_session");
+    // (A null replaces the stamp: the answers are merged into the draft kept so far.)
+    kept.insert("_session".into(), Value::Null);
     if c.act.scored() {
         let (score, out_of) = score(&c.act, &kept);
         kept.insert("_score".into(), Value::from(score));
         kept.insert("_out_of".into(), Value::from(out_of));
     }
-    save_draft(state, &c.act, &c.key, &s.user.email, Some(&kept)).await?;
     submit(
         state,
         s,
@@ -1106,6 +1106,7 @@ pub async fn check_submit(
         &copy_of(&c, &a, &list),
         &search,
         super::ip(addr),
+        Some(&kept),
     )
     .await?;
     Ok(Redirect::to(&format!("/activities/{}/submitted", c.act.id)).into_response())

@@ -412,6 +412,15 @@ pub async fn check_submit(
         summary: answers(&c),
         sections: Vec::new(),
     };
-    submit(state, s, &c, &copy, &draft(&c, "name"), super::ip(addr)).await?;
+    submit(
+        state,
+        s,
+        &c,
+        &copy,
+        &draft(&c, "name"),
+        super::ip(addr),
+        None,
+    )
+    .await?;
     Ok(Redirect::to(&format!("/activities/{}/submitted", c.act.id)).into_response())
 }

@@ -275,7 +275,7 @@ pub async fn check_submit(
         ],
         sections: Vec::new(),
     };
-    submit(state, s, &c, &copy, &la_org.name, super::ip(addr)).await?;
+    submit(state, s, &c, &copy, &la_org.name, super::ip(addr), None).await?;
     // The chosen LA's account managers hear of the request.
     let text = format!(
         "{} ({}) has chosen your local authority for monitoring its KS2 tests and moderating its KS2 English writing TA. Sign in to the NCA Portal and open My Activity, {}, to approve or reject the request.",

@@ -704,7 +704,8 @@ pub fn record_key(act: &Activity, org: &str, uid: &str) -> String {
     }
 }
 
-/// Mark the activity submitted, keep the printable copy, send the receipt email and audit it.
+/// Mark the activity submitted (with `answers` merged into what it keeps), keep the printable
+/// copy, send the receipt email and audit it.
 #[allow(clippy::too_many_arguments)]
 pub async fn submit(
     state: &AppState,
@@ -713,10 +714,11 @@ pub async fn submit(
     copy: &Copy,
     search: &str,
     ip: Option<String>,
+    answers: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(), AppError> {
     let now = state.clock.now();
     let year = state.cycle.year as i64;
-    save_draft(state, &ctx.act, &ctx.key, &s.user.email, None).await?;
+    save_draft(state, &ctx.act, &ctx.key, &s.user.email, answers).await?;
     sqlx::query(
         "UPDATE activity_status SET status = 'submitted', submitted_by = $1, submitted_org = $2, submitted_at = $3, \
          decision = NULL, decided_at = NULL WHERE cycle = $4 AND activity = $5 AND org_id = $6",

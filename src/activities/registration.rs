@@ -1008,6 +1008,7 @@ pub async fn check_submit(
         &copy_of(&list, &c.school),
         &search,
         super::ip(addr),
+        None,
     )
     .await?;
     Ok(Redirect::to(&format!("/activities/{}/submitted", c.act.id)).into_response())

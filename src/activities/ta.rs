@@ -209,14 +209,19 @@ pub async fn by_la(db: &Db, year: i32, laestab: &str) -> sqlx::Result<bool> {
 
 /// The schools of an LA that have arranged for it to submit their TA.
 async fn arranged(db: &Db, year: i32, la: &str) -> sqlx::Result<Vec<db::Org>> {
-    let schools = db::schools_of(db, Some(la), None).await?;
-    let mut out = Vec::new();
-    for s in schools {
-        if by_la(db, year, &s.id).await? {
-            out.push(s);
-        }
-    }
-    Ok(out)
+    use sqlx::Row as _;
+    let chosen: std::collections::HashSet<String> =
+        sqlx::query("SELECT laestab FROM ta_by_la WHERE cycle = $1 AND laestab IN (SELECT id FROM orgs WHERE la_code = $2 AND kind = 'ks2-school')")
+            .bind(year as i64)
+            .bind(la)
+            .fetch_all(db)
+            .await?
+            .iter()
+            .map(|r| r.get("laestab"))
+            .collect();
+    let mut schools = db::schools_of(db, Some(la), None).await?;
+    schools.retain(|s| chosen.contains(&s.id));
+    Ok(schools)
 }
 
 async fn ta_ctx(
@@ -1213,6 +1218,7 @@ async fn submit_one(
         &copy_of(&c.school, &ls),
         &search,
         super::ip(addr),
+        None,
     )
     .await
 }
