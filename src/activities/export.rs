@@ -7,26 +7,16 @@ use std::path::Path as FsPath;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 
 use super::registration::{self, Pupil};
-use super::{ActivityPage, record_access};
+use super::{ActivityPage, csv_download, csv_of, record_access};
 use crate::AppState;
 use crate::auth::roles::{Action, OrgKind};
 use crate::auth::session::Signed;
 use crate::db::{self, Db};
 use crate::error::AppError;
-
-fn csv_of(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(head);
-    for r in rows {
-        let _ = w.write_record(&r);
-    }
-    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
-}
 
 /// Every registered pupil, in the contract's `pupils` columns.
 pub async fn pupils_csv(db: &Db, year: i32) -> sqlx::Result<String> {
@@ -223,15 +213,5 @@ async fn download(
         _ => return Err(AppError::NotFound),
     };
     record_access(&state, &s.user, "activities-exported", file.clone()).await;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(csv_download(&file, body))
 }

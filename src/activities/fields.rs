@@ -1160,7 +1160,7 @@ pub fn feedback(act: &super::Activity, a: &Map<String, Value>) -> Section {
 
 /// One row per submission of a fields activity: the organisation, its status and every answer.
 pub async fn submissions_csv(state: &AppState, act: &super::Activity) -> Result<String, AppError> {
-    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut out = Vec::new();
     let mut head = vec![
         "org_id".to_string(),
         "name".into(),
@@ -1171,7 +1171,6 @@ pub async fn submissions_csv(state: &AppState, act: &super::Activity) -> Result<
         "decision".into(),
     ];
     head.extend(act.fields.iter().map(|q| q.name.clone()));
-    let _ = w.write_record(&head);
     let rows = super::statuses(&state.db, state.cycle.year, &act.id).await?;
     let mut ids: Vec<&String> = rows.keys().collect();
     ids.sort();
@@ -1202,10 +1201,9 @@ pub async fn submissions_csv(state: &AppState, act: &super::Activity) -> Result<
                 String::new()
             });
         }
-        let _ = w.write_record(&rec);
+        out.push(rec);
     }
-    String::from_utf8(w.into_inner().unwrap_or_default())
-        .map_err(|e| AppError::Unexpected(e.into()))
+    Ok(super::csv_of(&head, out.into_iter()))
 }
 
 /// A moderation manager's view of the exercise: every moderator of the LA with their score,

@@ -900,14 +900,45 @@ pub async fn keep_report(state: &AppState, org: &str, csv: String) -> sqlx::Resu
 /// One problem in an uploaded file: row, column, value, problem.
 pub type RowProblem = (usize, String, String, String);
 
-/// A CSV error report: row, column, value, problem.
-pub fn report_csv(problems: &[RowProblem]) -> String {
+/// A CSV file: a header row, then the rows (RFC 4180 quoting by the `csv` crate).
+pub fn csv_of<H: AsRef<[u8]>, C: AsRef<[u8]>>(
+    head: &[H],
+    rows: impl Iterator<Item = Vec<C>>,
+) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(["row", "column", "value", "problem"]);
-    for (row, col, val, why) in problems {
-        let _ = w.write_record([row.to_string().as_str(), col, val, why]);
+    let _ = w.write_record(head);
+    for r in rows {
+        let _ = w.write_record(&r);
     }
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+/// A CSV body as a download named `filename`.
+pub fn csv_download(filename: &str, body: String) -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/csv; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A CSV error report: row, column, value, problem.
+pub fn report_csv(problems: &[RowProblem]) -> String {
+    csv_of(
+        &["row", "column", "value", "problem"],
+        problems.iter().map(|(row, col, val, why)| {
+            vec![row.to_string(), col.clone(), val.clone(), why.clone()]
+        }),
+    )
 }
 
 /// The bytes of an uploaded file field and the form's CSRF token, from a multipart body.
@@ -1327,17 +1358,10 @@ async fn report(
     if r.get::<String, _>("org_id") != s.user.org {
         return Err(AppError::NotFound);
     }
-    Ok((
-        [
-            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                "attachment; filename=\"upload-errors.csv\"",
-            ),
-        ],
+    Ok(csv_download(
+        "upload-errors.csv",
         r.get::<String, _>("body"),
-    )
-        .into_response())
+    ))
 }
 
 fn form_of(state: &AppState, id: &str) -> Result<Form, AppError> {
@@ -1629,28 +1653,10 @@ async fn aa_report(
     }
     record_access(&state, &s.user, "aa-report-viewed", s.user.org.clone()).await;
     if q.get("format").map(String::as_str) == Some("csv") {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let _ = w.write_record(head);
-        for l in &lines {
-            let _ = w.write_record(l);
-        }
-        return Ok((
-            [
-                (
-                    axum::http::header::CONTENT_TYPE,
-                    "text/csv; charset=utf-8".to_string(),
-                ),
-                (
-                    axum::http::header::CONTENT_DISPOSITION,
-                    format!(
-                        "attachment; filename=\"{}-access-arrangements.csv\"",
-                        s.user.org
-                    ),
-                ),
-            ],
-            w.into_inner().unwrap_or_default(),
-        )
-            .into_response());
+        return Ok(csv_download(
+            &format!("{}-access-arrangements.csv", s.user.org),
+            csv_of(&head, lines.into_iter()),
+        ));
     }
     let mut p = ActivityPage::new(
         &state,
@@ -1695,20 +1701,7 @@ async fn submissions(
     let act = state.cycle.activity(&id).ok_or(AppError::NotFound)?.clone();
     let body = fields::submissions_csv(&state, &act).await?;
     record_access(&state, &s.user, "activity-submissions-exported", id.clone()).await;
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "text/csv; charset=utf-8".to_string(),
-            ),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}-submissions.csv\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(csv_download(&format!("{id}-submissions.csv"), body))
 }
 
 /// An audit record of a change the signed-in user made to an activity of `org`.

@@ -6,7 +6,7 @@
 
 use axum::Router;
 use axum::extract::{Extension, Multipart, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -758,42 +758,36 @@ async fn download(
     let c = reg_ctx(&state, &s, &id).await?;
     let list = pupils(&state.db, state.cycle.year, &c.school.id).await?;
     record_access(&state, &s.user, "registration-downloaded", c.audit_target()).await;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record([
-        "upn",
-        "laestab",
-        "surname",
-        "forename",
-        "dob",
-        "gender",
-        "reading_reg",
-        "gps_reg",
-        "maths_reg",
-    ]);
-    for x in &list {
-        let _ = w.write_record([
-            &x.upn,
-            &c.school.id,
-            &x.surname,
-            &x.forename,
-            &x.dob,
-            &x.gender,
-            &x.reg[0],
-            &x.reg[1],
-            &x.reg[2],
-        ]);
-    }
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}-pupils.csv\"", c.school.id),
-            ),
+    let body = super::csv_of(
+        &[
+            "upn",
+            "laestab",
+            "surname",
+            "forename",
+            "dob",
+            "gender",
+            "reading_reg",
+            "gps_reg",
+            "maths_reg",
         ],
-        w.into_inner().unwrap_or_default(),
-    )
-        .into_response())
+        list.iter().map(|x| {
+            vec![
+                &x.upn,
+                &c.school.id,
+                &x.surname,
+                &x.forename,
+                &x.dob,
+                &x.gender,
+                &x.reg[0],
+                &x.reg[1],
+                &x.reg[2],
+            ]
+        }),
+    );
+    Ok(super::csv_download(
+        &format!("{}-pupils.csv", c.school.id),
+        body,
+    ))
 }
 
 fn upload_form(state: &AppState, s: &Signed, c: &Ctx) -> ActivityPage {
