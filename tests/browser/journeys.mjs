@@ -814,7 +814,9 @@ const journeys = [
       await page.getByRole('link', { name: /^Register for / }).first().click();
       await page.waitForURL('**/day/**');
       await j.axe(page, 'attendance register: day');
-      await page.getByLabel('Ann Able: GPS paper 1: questions').selectOption('A');
+      // Hal Hart: the fixture's marking has no GPS paper 1 marks for him, so the portal's export
+      // still validates beside those marks (scripts/browser-tests checks it).
+      await page.getByLabel('Hal Hart: GPS paper 1: questions').selectOption('A');
       await j.submit(page, 'Continue', { label: 'attendance: check' });
       check((await heading(page)).startsWith('Check the register for '), `heading: ${await heading(page)}`);
       check((await page.locator('main').textContent()).includes('A: Absent'), 'the check page does not list the absence');
