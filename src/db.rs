@@ -2,6 +2,8 @@
 //! SQLite (WAL) by default, PostgreSQL by URL: the SQL here is portable (numbered `$n`
 //! parameters, TEXT and BIGINT only). Never used on the results hot path.
 
+use std::collections::HashMap;
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
@@ -528,31 +530,47 @@ pub async fn audit(db: &Db, a: Audit<'_>, now: i64) -> sqlx::Result<()> {
 #[derive(Debug)]
 pub struct Access {
     pub at: i64,
-    pub actor: String,
-    pub org_id: String,
+    pub actor: std::sync::Arc<str>,
+    pub org_id: std::sync::Arc<str>,
     pub action: &'static str,
-    pub target: String,
+    pub target: std::sync::Arc<str>,
 }
 
 /// Append access records in one statement: the rows travel as a single JSON parameter
 /// (SQLite's `json_each`, PostgreSQL's `json_array_elements`), so a batch of thousands costs
 /// one parse, no per-parameter binding and one append per row to an unindexed table.
+/// Identical records (same second, actor, organisation, action and target) become one row
+/// with their count in `times`, in the order each first appeared.
 pub async fn access_batch(db: &Db, rows: &[Access]) -> sqlx::Result<()> {
-    let json: Vec<(i64, &str, &str, &str, &str)> = rows
-        .iter()
-        .map(|a| (a.at, &*a.actor, &*a.org_id, a.action, &*a.target))
-        .collect();
-    let json = serde_json::to_string(&json).expect("access rows serialise");
+    let json = serde_json::to_string(&coalesce(rows)).expect("access rows serialise");
     let mut conn = db.acquire().await?;
     let sql = if conn.backend_name() == "PostgreSQL" {
-        "INSERT INTO access_log (at, actor, org_id, action, target) \
-         SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4 FROM json_array_elements($1::json) AS e"
+        "INSERT INTO access_log (at, actor, org_id, action, target, times) \
+         SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, (e->>5)::bigint \
+         FROM json_array_elements($1::json) AS e"
     } else {
-        "INSERT INTO access_log (at, actor, org_id, action, target) \
-         SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each($1)"
+        "INSERT INTO access_log (at, actor, org_id, action, target, times) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each($1)"
     };
     sqlx::query(sql).bind(json).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// One row per distinct record, with how many times it occurred, in first-seen order.
+fn coalesce(rows: &[Access]) -> Vec<(i64, &str, &str, &str, &str, u64)> {
+    let mut at: HashMap<(i64, &str, &str, &str, &str), usize> = HashMap::new();
+    let mut out: Vec<(i64, &str, &str, &str, &str, u64)> = Vec::new();
+    for a in rows {
+        let key = (a.at, &*a.actor, &*a.org_id, a.action, &*a.target);
+        match at.entry(key) {
+            std::collections::hash_map::Entry::Occupied(i) => out[*i.get()].5 += 1,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(out.len());
+                out.push((key.0, key.1, key.2, key.3, key.4, 1));
+            }
+        }
+    }
+    out
 }
 
 /// Write audit rows in one transaction, with time-ordered ids (so the primary key grows at
@@ -593,7 +611,9 @@ pub async fn audit_rows(
     limit: i64,
 ) -> sqlx::Result<Vec<(i64, String, String, String, String)>> {
     const BOTH: &str = "SELECT at, actor, action, target, detail, org_id FROM audit \
-         UNION ALL SELECT at, actor, action, target, '' AS detail, org_id FROM access_log";
+         UNION ALL SELECT at, actor, action, target, \
+         CASE WHEN times > 1 THEN CAST(times AS TEXT) || ' times' ELSE '' END AS detail, org_id \
+         FROM access_log";
     let rows = match org_id {
         Some(o) => {
             sqlx::query(&format!(

@@ -18,7 +18,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 /// The client's address, put in every request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -273,9 +272,8 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ClientAddr(addr));
-        app.clone().oneshot(req)
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        app.clone().handle(req, Some(addr))
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

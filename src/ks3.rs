@@ -88,15 +88,16 @@ pub async fn record(
         .collect();
     let event = AuditEvent {
         action: "ks3-lookup",
-        actor: user.email.clone(),
-        org_id: user.org.clone(),
+        actor: user.email.as_str().into(),
+        org_id: user.org.as_str().into(),
         target: format!(
             "{}/ks3-lookup: {} asked, {} matched: {}",
             release.id,
             asked.len(),
             upns.len(),
             upns.join(" ")
-        ),
+        )
+        .into(),
         at: state.clock.now(),
     };
     if state.audit_tx.send(event).await.is_err() {

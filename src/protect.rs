@@ -17,8 +17,8 @@ use crate::config::{Admission, RateLimits};
 
 /// Download rate limits, keyed three ways.
 pub struct Limits {
-    user: DefaultKeyedRateLimiter<String>,
-    org: DefaultKeyedRateLimiter<String>,
+    user: DefaultKeyedRateLimiter<Arc<str>>,
+    org: DefaultKeyedRateLimiter<Arc<str>>,
     ip: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -43,6 +43,11 @@ impl Limits {
 
     /// Ok, or the whole seconds to wait (at least 1) before the request could succeed.
     pub fn check(&self, user: &str, org: &str, ip: IpAddr) -> Result<(), u64> {
+        self.check_keys(&user.into(), &org.into(), ip)
+    }
+
+    /// As `check`, with the keys already shared (the fast path's sessions keep them).
+    pub fn check_keys(&self, user: &Arc<str>, org: &Arc<str>, ip: IpAddr) -> Result<(), u64> {
         // Only a refusal needs the time (and creating a clock is costly: CPU feature checks).
         let wait = |e: governor::NotUntil<_>| {
             e.wait_time_from(DefaultClock::default().now())
@@ -50,8 +55,8 @@ impl Limits {
                 .max(1)
         };
         self.ip.check_key(&ip).map_err(wait)?;
-        self.org.check_key(&org.to_string()).map_err(wait)?;
-        self.user.check_key(&user.to_string()).map_err(wait)?;
+        self.org.check_key(org).map_err(wait)?;
+        self.user.check_key(user).map_err(wait)?;
         Ok(())
     }
 }

@@ -45,6 +45,120 @@ pub struct Release {
     pub changes: HashMap<String, Vec<PupilChange>>,
     /// The cycle's items and conversion tables (releases before they were published: None).
     pub cycle: Option<nca_pipeline::outputs::Cycle>,
+    /// The precomputed downloads by the names the API uses.
+    pub(crate) downloads: Downloads,
+}
+
+/// What the API's download paths name: a school's, an LA's or a trust's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    School,
+    La,
+    Trust,
+}
+
+/// A release's downloads by the file name the API uses (`2012046.csv`, `2012046.ctf`,
+/// `2012046-qla.csv`, `999.csv`), each with everything its response needs worked out when the
+/// release is loaded: the hot path looks one up, picks a variant and sends it.
+#[derive(Debug, Default)]
+pub(crate) struct Downloads {
+    school: HashMap<Box<str>, Arc<Download>>,
+    la: HashMap<Box<str>, Arc<Download>>,
+    trust: HashMap<Box<str>, Arc<Download>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Download {
+    content_type: &'static str,
+    disposition: HeaderValue,
+    /// `release/path` of the file asked for, as the access log records it.
+    audit_target: Arc<str>,
+    /// Brotli, gzip, then the file itself, as published: the first the client accepts is sent.
+    variants: Vec<Variant>,
+}
+
+#[derive(Debug)]
+struct Variant {
+    encoding: Option<&'static str>,
+    /// The object's path in the release, and its cache key (`release/path`).
+    path: Box<str>,
+    key: Arc<str>,
+    etag: Box<str>,
+    etag_header: HeaderValue,
+}
+
+const CSV: &str = "text/csv; charset=utf-8";
+
+impl Downloads {
+    fn index(id: &str, manifest: &Manifest) -> Downloads {
+        let mut d = Downloads::default();
+        for (path, _) in manifest.objects.iter() {
+            let plain = |rest: &str, ext: &str| {
+                rest.strip_suffix(ext)
+                    .filter(|n| !n.is_empty() && !n.contains(['.', '/']))
+                    .map(String::from)
+            };
+            let (map, name, content_type) = if let Some(rest) = path.strip_prefix("school/") {
+                if let Some(l) = plain(rest, ".qla.csv") {
+                    (&mut d.school, format!("{l}-qla.csv"), CSV)
+                } else if let Some(l) = plain(rest, ".ctf.xml") {
+                    (&mut d.school, format!("{l}.ctf"), "application/xml")
+                } else if let Some(l) = plain(rest, ".csv") {
+                    (&mut d.school, format!("{l}.csv"), CSV)
+                } else {
+                    continue;
+                }
+            } else if let Some(l) = path.strip_prefix("la/").and_then(|r| plain(r, ".csv")) {
+                (&mut d.la, format!("{l}.csv"), CSV)
+            } else if let Some(l) = path.strip_prefix("trust/").and_then(|r| plain(r, ".csv")) {
+                (&mut d.trust, format!("{l}.csv"), CSV)
+            } else {
+                continue;
+            };
+            let filename = path.rsplit('/').next().unwrap_or(path);
+            let Ok(disposition) =
+                HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+            else {
+                continue;
+            };
+            let variants = [
+                (Some("br"), layout::brotli(path)),
+                (Some("gzip"), layout::gzip(path)),
+                (None, path.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(encoding, p)| {
+                let sha = &manifest.objects.get(&p)?.sha256;
+                let etag = format!("\"{}\"", sha.get(..32).unwrap_or(sha));
+                Some(Variant {
+                    encoding,
+                    key: format!("{id}/{p}").into(),
+                    etag_header: HeaderValue::from_str(&etag).ok()?,
+                    etag: etag.into(),
+                    path: p.into(),
+                })
+            })
+            .collect();
+            map.insert(
+                name.into(),
+                Arc::new(Download {
+                    content_type,
+                    disposition,
+                    audit_target: format!("{id}/{path}").into(),
+                    variants,
+                }),
+            );
+        }
+        d
+    }
+
+    fn get(&self, target: Target, file: &str) -> Option<&Arc<Download>> {
+        match target {
+            Target::School => self.school.get(file),
+            Target::La => self.la.get(file),
+            Target::Trust => self.trust.get(file),
+        }
+    }
 }
 
 /// One pupil in the KS3 lookup index.
@@ -102,7 +216,8 @@ fn read_upn_index(bytes: Bytes) -> anyhow::Result<HashMap<String, Vec<Ks3Entry>>
 pub struct Results {
     store: Store,
     current: RwLock<Option<Arc<Release>>>,
-    cache: moka::future::Cache<(String, String), Bytes>,
+    /// By `release/path`.
+    cache: moka::future::Cache<Arc<str>, Bytes>,
     hits: std::sync::atomic::AtomicU64,
     /// The release whose late-results emails have all been sent (or claimed by another node).
     told: std::sync::Mutex<Option<String>>,
@@ -199,6 +314,7 @@ impl Results {
             None
         };
         let release = Arc::new(Release {
+            downloads: Downloads::index(&id, &manifest),
             id: id.clone(),
             cycle,
             manifest,
@@ -262,10 +378,12 @@ impl Results {
 
     /// One object of a release if it is in memory now.
     pub async fn cached(&self, release: &Release, path: &str) -> Option<Bytes> {
-        let hit = self
-            .cache
-            .get(&(release.id.clone(), path.to_string()))
-            .await;
+        self.cached_at(&format!("{}/{path}", release.id)).await
+    }
+
+    /// As `cached`, by the cache's key (`release/path`), which the download index holds.
+    async fn cached_at(&self, key: &str) -> Option<Bytes> {
+        let hit = self.cache.get(key).await;
         if hit.is_some() {
             self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -282,7 +400,7 @@ impl Results {
         let Some(entry) = release.manifest.objects.get(path) else {
             return Ok(None);
         };
-        let key = (release.id.clone(), path.to_string());
+        let key: Arc<str> = format!("{}/{path}", release.id).into();
         let store = self.store.clone();
         let (id, rel, want) = (release.id.clone(), path.to_string(), entry.sha256.clone());
         let bytes = self
@@ -476,12 +594,6 @@ pub(crate) fn may_see_school(user: &SignedIn, release: &Release, laestab: &str) 
     }
 }
 
-enum Target {
-    School(String),
-    La(String),
-    Trust(String),
-}
-
 type Addr = Option<Extension<ClientAddr>>;
 
 async fn school(
@@ -671,9 +783,9 @@ async fn derived(
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]);
     let event = AuditEvent {
         action: "results-download",
-        actor: s.user.email.clone(),
-        org_id: s.user.org.clone(),
-        target: format!("{}/school/{name}", release.id),
+        actor: s.user.email.as_str().into(),
+        org_id: s.user.org.as_str().into(),
+        target: format!("{}/school/{name}", release.id).into(),
         at: state.clock.now(),
     };
     if state.audit_tx.send(event).await.is_err() {
@@ -787,12 +899,9 @@ pub(crate) fn opened(state: &AppState, user: &SignedIn) -> Result<Arc<Release>, 
 /// Everything decided about a download before any bytes are fetched.
 struct Plan {
     release: Arc<Release>,
-    /// The file asked for, and the variant (precompressed or not) chosen for this client.
-    path: String,
-    chosen: String,
-    encoding: Option<&'static str>,
-    content_type: &'static str,
-    etag: String,
+    download: Arc<Download>,
+    /// The variant (precompressed or not) chosen for this client.
+    variant: usize,
     not_modified: bool,
 }
 
@@ -804,45 +913,27 @@ fn plan(
     user: &SignedIn,
     file: &str,
     headers: &HeaderMap,
-    target: fn(String) -> Target,
+    target: Target,
 ) -> Result<Plan, Refusal> {
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
     let release = opened(state, user)?;
-    let t = target(name.to_string());
-    let (path, allowed, content_type) = match (&t, ext) {
-        (Target::School(l), "csv") if l.ends_with("-qla") => {
-            let l = l.trim_end_matches("-qla");
-            (
-                layout::school_qla(l),
-                may_see_school(user, &release, l),
-                "text/csv; charset=utf-8",
-            )
-        }
-        (Target::School(l), "csv") => (
-            layout::school_csv(l),
-            may_see_school(user, &release, l),
-            "text/csv; charset=utf-8",
-        ),
-        (Target::School(l), "ctf") => (
-            layout::school_ctf(l),
-            may_see_school(user, &release, l),
-            "application/xml",
-        ),
-        (Target::La(c), "csv") => (
-            layout::la_csv(c),
-            (user.kind == OrgKind::La && user.org == *c) || user.kind == OrgKind::Operator,
-            "text/csv; charset=utf-8",
-        ),
-        (Target::Trust(u), "csv") => (
-            layout::trust_csv(u),
-            (user.kind == OrgKind::Mat && user.org == *u) || user.kind == OrgKind::Operator,
-            "text/csv; charset=utf-8",
-        ),
+    let owner = match (target, ext) {
+        (Target::School, "csv") => name.trim_end_matches("-qla"),
+        (Target::School, "ctf") | (Target::La, "csv") | (Target::Trust, "csv") => name,
         _ => {
             return Err(Refusal::Error(
                 StatusCode::NOT_FOUND,
                 "no such download: use .csv, or .ctf for a school",
             ));
+        }
+    };
+    let allowed = match target {
+        Target::School => may_see_school(user, &release, owner),
+        Target::La => {
+            (user.kind == OrgKind::La && user.org == owner) || user.kind == OrgKind::Operator
+        }
+        Target::Trust => {
+            (user.kind == OrgKind::Mat && user.org == owner) || user.kind == OrgKind::Operator
         }
     };
     if !allowed {
@@ -852,7 +943,10 @@ fn plan(
             "these results belong to another organisation",
         ));
     }
-    // The precompressed variant the client accepts, best first.
+    let Some(download) = release.downloads.get(target, file).cloned() else {
+        return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
+    };
+    // The precompressed variant the client accepts, best first (the file itself always).
     let accepts = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -860,34 +954,22 @@ fn plan(
     let accepts = |enc: &str| {
         accepts.split(',').any(|p| {
             let mut parts = p.trim().split(';');
-            parts.next() == Some(enc) && !parts.any(|q| q.trim().replace(' ', "") == "q=0")
+            parts.next() == Some(enc)
+                && !parts.any(|q| q.chars().filter(|c| !c.is_whitespace()).eq("q=0".chars()))
         })
     };
-    let candidates = [
-        (Some("br"), accepts("br")),
-        (Some("gzip"), accepts("gzip")),
-        (None, true),
-    ];
-    let Some((chosen, encoding)) = candidates.into_iter().find_map(|(enc, ok)| {
-        let p = match enc {
-            Some("br") => layout::brotli(&path),
-            Some(_) => layout::gzip(&path),
-            None => path.clone(),
-        };
-        (ok && release.manifest.objects.contains_key(&p)).then_some((p, enc))
-    }) else {
+    let Some(variant) = download
+        .variants
+        .iter()
+        .position(|v| v.encoding.is_none_or(accepts))
+    else {
         return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
-    let sha = &release.manifest.objects[&chosen].sha256;
-    let etag = format!("\"{}\"", &sha[..32]);
-    let not_modified = if_none_match(headers, &etag);
+    let not_modified = if_none_match(headers, &download.variants[variant].etag);
     Ok(Plan {
         release,
-        path,
-        chosen,
-        encoding,
-        content_type,
-        etag,
+        download,
+        variant,
         not_modified,
     })
 }
@@ -908,28 +990,58 @@ impl IntoResponse for Refusal {
 }
 
 impl Plan {
-    /// The response: the file's bytes (None for 304 Not Modified) with its headers.
-    fn respond(&self, bytes: Option<Bytes>) -> Response {
-        let filename = self.path.rsplit('/').next().unwrap_or("results.csv");
-        attachment(
-            bytes,
-            self.content_type,
-            self.encoding,
-            filename,
-            &self.etag,
-        )
+    fn chosen(&self) -> &Variant {
+        &self.download.variants[self.variant]
     }
 
-    fn audit_event(&self, state: &AppState, user: &SignedIn) -> AuditEvent {
+    /// The response: the file's bytes (None for 304 Not Modified) with its headers, all
+    /// worked out when the release was loaded.
+    fn respond(&self, bytes: Option<Bytes>) -> Response {
+        let v = self.chosen();
+        let mut r = match bytes {
+            None => StatusCode::NOT_MODIFIED.into_response(),
+            Some(bytes) => {
+                let mut r = Response::new(Body::from(bytes));
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(self.download.content_type),
+                );
+                if let Some(enc) = v.encoding {
+                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+                }
+                h.insert(
+                    header::CONTENT_DISPOSITION,
+                    self.download.disposition.clone(),
+                );
+                r
+            }
+        };
+        let h = r.headers_mut();
+        h.insert(header::ETAG, v.etag_header.clone());
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        );
+        h.insert(header::VARY, HeaderValue::from_static(VARY));
+        r
+    }
+
+    fn audit_event(&self, state: &AppState, actor: Arc<str>, org: Arc<str>) -> AuditEvent {
         AuditEvent {
             action: "results-download",
-            actor: user.email.clone(),
-            org_id: user.org.clone(),
-            target: format!("{}/{}", self.release.id, self.path),
+            actor,
+            org_id: org,
+            target: self.download.audit_target.clone(),
             at: state.clock.now(),
         }
     }
 }
+
+/// Every download's caching headers: a browser keeps its copy but asks again each time (the
+/// ETag makes that a 304), and nothing shared may keep it.
+const CACHE_CONTROL: &str = "private, no-cache";
+const VARY: &str = "Accept-Encoding, Cookie";
 
 async fn download(
     state: &AppState,
@@ -937,7 +1049,7 @@ async fn download(
     addr: Addr,
     file: &str,
     headers: &HeaderMap,
-    target: fn(String) -> Target,
+    target: Target,
 ) -> Response {
     if let Err(wait) = state
         .limits
@@ -952,7 +1064,11 @@ async fn download(
     // Waits only when the writer is a whole queue behind: no download goes unrecorded.
     if state
         .audit_tx
-        .send(plan.audit_event(state, &s.user))
+        .send(plan.audit_event(
+            state,
+            s.user.email.as_str().into(),
+            s.user.org.as_str().into(),
+        ))
         .await
         .is_err()
     {
@@ -961,10 +1077,11 @@ async fn download(
     if plan.not_modified {
         return plan.respond(None);
     }
-    match state.results.object(&plan.release, &plan.chosen).await {
+    let path = &plan.chosen().path;
+    match state.results.object(&plan.release, path).await {
         Ok(Some(bytes)) => plan.respond(Some(bytes)),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such download"),
-        Err(e) => unavailable(&e, &plan.chosen),
+        Err(e) => unavailable(&e, path),
     }
 }
 
@@ -976,13 +1093,17 @@ pub const FAST_ROUTE: &str = "/api/v1/results/{kind}/{file} (fast path)";
 /// with the same checks as the handlers (session, admission, permissions, rate limits,
 /// embargo, authorisation, audit) and none of the general middleware's per-request work.
 /// None hands the request to the router, which covers every other case the long way.
-pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -> Option<Response> {
+pub async fn fast_download(
+    state: &AppState,
+    req: &axum::http::request::Parts,
+    ip: std::net::IpAddr,
+) -> Option<Response> {
     if req.method != axum::http::Method::GET {
         return None;
     }
     let rest = req.uri.path().strip_prefix("/api/v1/results/")?;
     let (kind, file) = rest.split_once('/')?;
-    let target: fn(String) -> Target = match kind {
+    let target = match kind {
         "school" => Target::School,
         "la" => Target::La,
         "trust" => Target::Trust,
@@ -996,16 +1117,15 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
     {
         return None;
     }
-    let user = crate::auth::session::signed_in_as_is(state, &req.headers)?;
-    let Ok(_permit) = state.gates.downloads.clone().try_acquire_owned() else {
+    let session = crate::auth::session::signed_in_as_is(state, &req.headers)?;
+    let Ok(_permit) = state.gates.downloads.try_acquire() else {
         return Some(crate::protect::busy("download"));
     };
-    let ip = ClientAddr::ip_of(req.extensions.get::<ClientAddr>().copied().map(Extension));
-    let plan = plan(state, &user, file, &req.headers, target);
+    let plan = plan(state, &session.user, file, &req.headers, target);
     // Anything that must wait goes the long way before the rate limits count this request: a
     // miss (where concurrent misses coalesce into one read), or a full audit queue.
     let bytes = match &plan {
-        Ok(p) if !p.not_modified => Some(state.results.cached(&p.release, &p.chosen).await?),
+        Ok(p) if !p.not_modified => Some(state.results.cached_at(&p.chosen().key).await?),
         _ => None,
     };
     let audit = match state.audit_tx.try_reserve() {
@@ -1016,7 +1136,7 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
             None
         }
     };
-    if let Err(wait) = state.limits.check(&user.uid, &user.org, ip) {
+    if let Err(wait) = state.limits.check_keys(&session.uid, &session.org, ip) {
         return Some(crate::protect::too_many(wait));
     }
     let plan = match plan {
@@ -1024,7 +1144,7 @@ pub async fn fast_download(state: &AppState, req: &axum::http::request::Parts) -
         Err(refusal) => return Some(refusal.into_response()),
     };
     if let Some(permit) = audit {
-        permit.send(plan.audit_event(state, &user));
+        permit.send(plan.audit_event(state, session.actor.clone(), session.org.clone()));
     }
     Some(plan.respond(bytes))
 }

@@ -233,9 +233,9 @@ async fn school_rows(
 async fn record_view(state: &AppState, user: &SignedIn, release: &Release, what: String) {
     let event = AuditEvent {
         action: "results-viewed",
-        actor: user.email.clone(),
-        org_id: user.org.clone(),
-        target: format!("{}/{what}", release.id),
+        actor: user.email.as_str().into(),
+        org_id: user.org.as_str().into(),
+        target: format!("{}/{what}", release.id).into(),
         at: state.clock.now(),
     };
     if state.audit_tx.send(event).await.is_err() {

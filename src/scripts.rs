@@ -306,9 +306,9 @@ fn release_for(state: &AppState, s: &Signed, laestab: &str) -> Result<Arc<Releas
 async fn record(state: &AppState, user: &SignedIn, action: &'static str, target: String) {
     let event = AuditEvent {
         action,
-        actor: user.email.clone(),
-        org_id: user.org.clone(),
-        target,
+        actor: user.email.as_str().into(),
+        org_id: user.org.as_str().into(),
+        target: target.into(),
         at: state.clock.now(),
     };
     if state.audit_tx.send(event).await.is_err() {

@@ -1128,3 +1128,44 @@ async fn a_missing_script_says_not_yet_available() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn repeated_downloads_in_one_second_are_kept_as_one_access_row_with_their_count() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let cookie = sign_in(&state, &router, "school@a.sch.uk").await;
+    for _ in 0..3 {
+        let (status, _, _) =
+            send(&router, get("/api/v1/results/school/9992001.csv", &cookie)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _, _) = send(&router, get("/api/v1/results/school/9992001.ctf", &cookie)).await;
+    assert_eq!(status, 200);
+    // The writer batches: wait for it.
+    let mut downloads = Vec::new();
+    for _ in 0..50 {
+        downloads = nca_portal::db::audit_rows(&state.db, Some("9992001"), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.2 == "results-download")
+            .collect();
+        if downloads.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let csv: Vec<_> = downloads
+        .iter()
+        .filter(|r| r.3.ends_with("school/9992001.csv"))
+        .collect();
+    let ctf: Vec<_> = downloads
+        .iter()
+        .filter(|r| r.3.ends_with("school/9992001.ctf.xml"))
+        .collect();
+    assert_eq!(csv.len(), 1, "{downloads:?}");
+    assert_eq!(csv[0].4, "3 times", "{downloads:?}");
+    assert_eq!(csv[0].1, "school@a.sch.uk");
+    assert_eq!(ctf.len(), 1, "{downloads:?}");
+    assert_eq!(ctf[0].4, "", "one download says no count");
+}

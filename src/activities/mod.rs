@@ -867,9 +867,9 @@ pub async fn record_access(
 ) {
     let event = crate::results::AuditEvent {
         action,
-        actor: user.email.clone(),
-        org_id: user.org.clone(),
-        target,
+        actor: user.email.as_str().into(),
+        org_id: user.org.as_str().into(),
+        target: target.into(),
         at: state.clock.now(),
     };
     if state.audit_tx.send(event).await.is_err() {

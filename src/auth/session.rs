@@ -207,20 +207,42 @@ fn decode(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SessionDa
 /// The signed-in user of a request whose session needs nothing written back, for the
 /// results fast path. None when there is no session, or it is idle, revoked, due to be
 /// re-issued or its password must change: the full middleware handles all of those.
-pub fn signed_in_as_is(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Arc<SignedIn>> {
+pub fn signed_in_as_is(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Option<Arc<FastSession>> {
     let raw = raw_session_cookie(headers);
-    let u = match raw.and_then(|r| state.sessions.get(r)) {
-        Some(u) => u,
+    let s = match raw.and_then(|r| state.sessions.get(r)) {
+        Some(s) => s,
         None => {
-            let u = Arc::new(decode(state, headers)?.user?);
+            let user = decode(state, headers)?.user?;
+            let s = Arc::new(FastSession {
+                actor: user.email.as_str().into(),
+                org: user.org.as_str().into(),
+                uid: user.uid.as_str().into(),
+                user,
+            });
             if let Some(r) = raw {
-                state.sessions.insert(r.into(), u.clone());
+                state.sessions.insert(r.into(), s.clone());
             }
-            u
+            s
         }
     };
-    let current = matches!(standing(state, &u, state.clock.now()), Standing::Current);
-    (current && !u.must_change).then_some(u)
+    let current = matches!(
+        standing(state, &s.user, state.clock.now()),
+        Standing::Current
+    );
+    (current && !s.user.must_change).then_some(s)
+}
+
+/// A session as the fast path keeps it: the user, and the shared strings its access records
+/// and rate limits are keyed by, made once per session rather than once per request.
+#[derive(Debug)]
+pub struct FastSession {
+    pub user: SignedIn,
+    pub actor: Arc<str>,
+    pub org: Arc<str>,
+    pub uid: Arc<str>,
 }
 
 /// The session cookie's value exactly as sent (still encrypted), when there is one.
@@ -238,7 +260,7 @@ fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// it decrypted under our key, and it cannot change, so the cache holds no authority of its
 /// own; the session's standing (idle, revoked, expired password) is still checked on every
 /// request. Bounded in entries and time.
-pub type SessionCache = moka::sync::Cache<Box<str>, Arc<SignedIn>>;
+pub type SessionCache = moka::sync::Cache<Box<str>, Arc<FastSession>>;
 
 pub fn session_cache() -> SessionCache {
     moka::sync::Cache::builder()

@@ -1,0 +1,132 @@
+//! The ceiling for bench/downloads.sh: a bare hyper + rustls server that answers every request
+//! with one file held in memory, and does nothing else (no session, authorisation, limits or
+//! audit). The same thread layout as nca-portal's listener (one current-thread runtime per
+//! thread, each with its own SO_REUSEPORT socket), the same certificate, HTTP/1.1 only.
+//! Measured beside nginx and nca-portal it shows how much of the budget the portal's checks use.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on (a fixed port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The body to serve.
+    #[arg(long)]
+    file: std::path::PathBuf,
+    /// PEM certificate and key; without them, plain HTTP.
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// EXPERIMENT: hyper-util auto builder with header timeout
+    #[arg(long)]
+    auto: bool,
+    /// EXPERIMENT: our headers
+    #[arg(long)]
+    headers: bool,
+}
+
+fn tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key)?))?
+        .context("no private key")?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let body = Bytes::from(std::fs::read(&args.file)?);
+    let acceptor = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(tls(c, k)?)),
+        _ => None,
+    };
+    let mut threads = Vec::new();
+    for _ in 0..args.threads.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(args.listen),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&args.listen.into())?;
+        socket.listen(4096)?;
+        let (body, acceptor) = (body.clone(), acceptor.clone());
+        let (auto, headers) = (args.auto, args.headers);
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(socket.into())?;
+                loop {
+                    let (stream, _) = listener.accept().await?;
+                    let _ = stream.set_nodelay(true);
+                    let (body, acceptor) = (body.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |_req| {
+                            let body = body.clone();
+                            async move {
+                                let mut r = hyper::Response::new(Full::new(body));
+                                r.headers_mut().insert(
+                                    hyper::header::CONTENT_TYPE,
+                                    hyper::header::HeaderValue::from_static("text/csv"),
+                                );
+                                if headers {
+                                    for (k, v) in [("content-disposition", "attachment; filename=\"2012046.csv\""), ("etag", "\"6aacd04a5f0b1cc958d517ab4005387b\""), ("cache-control", "private, no-cache"), ("vary", "Accept-Encoding, Cookie"), ("x-request-id", "13a1d7e6-1"), ("strict-transport-security", "max-age=31536000; includeSubDomains"), ("content-security-policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"), ("x-frame-options", "DENY"), ("x-content-type-options", "nosniff"), ("referrer-policy", "same-origin")] {
+                                        r.headers_mut().insert(hyper::header::HeaderName::from_static(k), hyper::header::HeaderValue::from_static(v));
+                                    }
+                                }
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        if auto {
+                            let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                            b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
+                            let _ = b.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            return;
+                        }
+                        let _ = match acceptor {
+                            Some(a) => match a.accept(stream).await {
+                                Ok(s) => {
+                                    http1::Builder::new()
+                                        .serve_connection(TokioIo::new(s), svc)
+                                        .await
+                                }
+                                Err(_) => return,
+                            },
+                            None => {
+                                http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await
+                            }
+                        };
+                    });
+                }
+            })
+        }));
+    }
+    for t in threads {
+        t.join().expect("a serving thread panicked")?;
+    }
+    Ok(())
+}
