@@ -10,16 +10,22 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
 use crate::config::{Admission, RateLimits};
 
+/// A keyed limiter whose map hashes with foldhash (seeded per process): every download checks
+/// three, and SipHash was a visible part of a download's cost.
+type Keyed<K> =
+    RateLimiter<K, DefaultKeyedStateStore<K, foldhash::fast::RandomState>, DefaultClock>;
+
 /// Download rate limits, keyed three ways.
 pub struct Limits {
-    user: DefaultKeyedRateLimiter<Arc<str>>,
-    org: DefaultKeyedRateLimiter<Arc<str>>,
-    ip: DefaultKeyedRateLimiter<IpAddr>,
+    user: Keyed<Arc<str>>,
+    org: Keyed<Arc<str>>,
+    ip: Keyed<IpAddr>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -35,9 +41,12 @@ fn quota(per_minute: u32) -> Quota {
 impl Limits {
     pub fn new(c: &RateLimits) -> Limits {
         Limits {
-            user: RateLimiter::keyed(quota(c.per_user_per_minute)),
-            org: RateLimiter::keyed(quota(c.per_org_per_minute)),
-            ip: RateLimiter::keyed(quota(c.per_ip_per_minute)),
+            user: RateLimiter::dashmap_with_hasher(
+                quota(c.per_user_per_minute),
+                Default::default(),
+            ),
+            org: RateLimiter::dashmap_with_hasher(quota(c.per_org_per_minute), Default::default()),
+            ip: RateLimiter::dashmap_with_hasher(quota(c.per_ip_per_minute), Default::default()),
         }
     }
 

@@ -216,8 +216,8 @@ fn read_upn_index(bytes: Bytes) -> anyhow::Result<HashMap<String, Vec<Ks3Entry>>
 pub struct Results {
     store: Store,
     current: RwLock<Option<Arc<Release>>>,
-    /// By `release/path`.
-    cache: moka::future::Cache<Arc<str>, Bytes>,
+    /// By `release/path` (keys come from manifests, so a fast hasher is safe).
+    cache: moka::future::Cache<Arc<str>, Bytes, foldhash::fast::RandomState>,
     hits: std::sync::atomic::AtomicU64,
     /// The release whose late-results emails have all been sent (or claimed by another node).
     told: std::sync::Mutex<Option<String>>,
@@ -240,7 +240,7 @@ impl Results {
             cache: moka::future::Cache::builder()
                 .max_capacity(cache_bytes)
                 .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
-                .build(),
+                .build_with_hasher(Default::default()),
             hits: std::sync::atomic::AtomicU64::new(0),
             told: std::sync::Mutex::new(None),
         }
@@ -1002,6 +1002,8 @@ impl Plan {
             None => StatusCode::NOT_MODIFIED.into_response(),
             Some(bytes) => {
                 let mut r = Response::new(Body::from(bytes));
+                // Room for every header the response will carry, so the map grows once.
+                *r.headers_mut() = HeaderMap::with_capacity(16);
                 let h = r.headers_mut();
                 h.insert(
                     header::CONTENT_TYPE,

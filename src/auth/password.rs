@@ -1,5 +1,6 @@
-//! Passwords: the seeds' policy, and argon2id hashing on a pool bounded below the core count so
-//! that a sign-in rush can never take every core from requests already signed in.
+//! Passwords: the seeds' policy, and argon2id hashing on its own pool, bounded below the core
+//! count and run at the lowest scheduling priority, so that a sign-in rush can never take
+//! every core from requests already signed in, nor delay them while it runs.
 
 use std::sync::Arc;
 
@@ -51,10 +52,12 @@ fn argon2() -> Argon2<'static> {
     )
 }
 
-/// Hashes and verifies on tokio's blocking pool, at most `threads` at once.
+/// Hashes and verifies on its own threads (`nca-hash-N`, at the lowest priority: downloads
+/// and pages preempt them), at most `threads` at once.
 #[derive(Clone, Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    pool: Arc<rayon::ThreadPool>,
     /// A real hash of a random password, verified for unknown emails so that they take as long.
     dummy: Arc<str>,
 }
@@ -62,40 +65,56 @@ pub struct Hasher {
 impl Hasher {
     pub fn new(threads: usize) -> Hasher {
         let dummy = hash_now(&format!("{:x}", rand::random::<u128>()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("nca-hash-{i}"))
+            .start_handler(|_| {
+                // Lowering one's own priority needs no privilege; failing leaves it normal.
+                if let Err(e) = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                ) {
+                    tracing::warn!(error = ?e, "could not lower the hashing threads' priority");
+                }
+            })
+            .build()
+            .expect("starting the hashing threads");
         Hasher {
             permits: Arc::new(Semaphore::new(threads.max(1))),
+            pool: Arc::new(pool),
             dummy: dummy.into(),
         }
     }
 
-    pub async fn hash(&self, password: String) -> String {
+    /// Run `f` on a hashing thread.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("semaphore never closed");
-        tokio::task::spawn_blocking(move || hash_now(&password))
-            .await
-            .expect("hashing panicked")
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool.spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.await.expect("a hashing thread panicked")
+    }
+
+    pub async fn hash(&self, password: String) -> String {
+        self.run(move || hash_now(&password)).await
     }
 
     /// Verify against `stored`, or against the dummy hash when there is none, so that the
     /// answer takes the same time either way. Returns false for a missing hash.
     pub async fn verify(&self, password: String, stored: Option<String>) -> bool {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore never closed");
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy.to_string());
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .expect("verifying panicked");
+        let ok = self
+            .run(move || {
+                PasswordHash::new(&hash)
+                    .map(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+                    .unwrap_or(false)
+            })
+            .await;
         ok && known
     }
 }
@@ -111,6 +130,32 @@ fn hash_now(password: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hashing threads' nice value, from /proc (Linux), once one has run.
+    #[tokio::test]
+    async fn hashing_runs_at_a_lower_priority_than_requests() {
+        let hasher = Hasher::new(1);
+        let h = hasher.hash("Tr0ubadour&Bells".into()).await;
+        assert!(
+            hasher
+                .verify("Tr0ubadour&Bells".into(), Some(h.clone()))
+                .await
+        );
+        assert!(!hasher.verify("wrong".into(), Some(h)).await);
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim().starts_with("nca-hash-") {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+                // Field 19 (nice), counted after the ")" that ends the thread's name.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                let f: Vec<&str> = after.split_whitespace().collect();
+                nice.push(f[16].parse::<i32>().unwrap());
+            }
+        }
+        assert!(!nice.is_empty(), "no hashing thread found");
+        assert!(nice.iter().all(|&n| n > 0), "nice values {nice:?}");
+    }
 
     #[test]
     fn policy_from_the_seeds() {

@@ -260,13 +260,15 @@ fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// it decrypted under our key, and it cannot change, so the cache holds no authority of its
 /// own; the session's standing (idle, revoked, expired password) is still checked on every
 /// request. Bounded in entries and time.
-pub type SessionCache = moka::sync::Cache<Box<str>, Arc<FastSession>>;
+/// Keys are hashed with foldhash: only values that decrypted under our key are ever inserted,
+/// so nobody can choose keys to collide.
+pub type SessionCache = moka::sync::Cache<Box<str>, Arc<FastSession>, foldhash::fast::RandomState>;
 
 pub fn session_cache() -> SessionCache {
     moka::sync::Cache::builder()
         .max_capacity(100_000)
         .time_to_idle(std::time::Duration::from_secs(120))
-        .build()
+        .build_with_hasher(Default::default())
 }
 
 /// The device cookie's value, if this browser has one.

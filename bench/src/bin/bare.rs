@@ -30,12 +30,6 @@ struct Args {
     key: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// EXPERIMENT: hyper-util auto builder with header timeout
-    #[arg(long)]
-    auto: bool,
-    /// EXPERIMENT: our headers
-    #[arg(long)]
-    headers: bool,
 }
 
 fn tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -71,7 +65,6 @@ fn main() -> anyhow::Result<()> {
         socket.bind(&args.listen.into())?;
         socket.listen(4096)?;
         let (body, acceptor) = (body.clone(), acceptor.clone());
-        let (auto, headers) = (args.auto, args.headers);
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -91,20 +84,9 @@ fn main() -> anyhow::Result<()> {
                                     hyper::header::CONTENT_TYPE,
                                     hyper::header::HeaderValue::from_static("text/csv"),
                                 );
-                                if headers {
-                                    for (k, v) in [("content-disposition", "attachment; filename=\"2012046.csv\""), ("etag", "\"6aacd04a5f0b1cc958d517ab4005387b\""), ("cache-control", "private, no-cache"), ("vary", "Accept-Encoding, Cookie"), ("x-request-id", "13a1d7e6-1"), ("strict-transport-security", "max-age=31536000; includeSubDomains"), ("content-security-policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"), ("x-frame-options", "DENY"), ("x-content-type-options", "nosniff"), ("referrer-policy", "same-origin")] {
-                                        r.headers_mut().insert(hyper::header::HeaderName::from_static(k), hyper::header::HeaderValue::from_static(v));
-                                    }
-                                }
                                 Ok::<_, Infallible>(r)
                             }
                         });
-                        if auto {
-                            let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-                            b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
-                            let _ = b.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
-                            return;
-                        }
                         let _ = match acceptor {
                             Some(a) => match a.accept(stream).await {
                                 Ok(s) => {
