@@ -100,6 +100,7 @@ pub struct Data {
 pub struct Server {
     pub listen: String,
     pub tls: bool,
+    pub h2c: bool,
     pub public_url: String,
     pub tls_cert: String,
     pub tls_key: String,

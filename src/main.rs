@@ -467,7 +467,11 @@ async fn users(command: UsersCommand) -> anyhow::Result<()> {
         }
         UsersCommand::Import { file, common } => {
             let rows = read_user_rows(&file)?;
-            let s = settings(&common, None, None)?;
+            let mut s = settings(&common, None, None)?;
+            // An import serves no requests, so unless told otherwise it hashes on every core.
+            if s.auth.hash_threads == 0 {
+                s.auth.hash_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            }
             let state = AppState::open(s, Clock::System).await?;
             let concurrency = state.settings.hash_threads().max(1);
             let results: Vec<anyhow::Result<()>> = futures::stream::iter(rows.iter())

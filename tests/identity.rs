@@ -774,6 +774,7 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let limits = nca_portal::http::Limits {
+        h2c: false,
         handshake_timeout: Duration::from_millis(500),
         max_connections: 100,
         max_header_bytes: 16384,
@@ -1117,6 +1118,7 @@ async fn connection_threads_share_one_port_and_drain_on_shutdown() {
         .local_addr()
         .unwrap();
     let limits = nca_portal::http::Limits {
+        h2c: false,
         handshake_timeout: Duration::from_secs(2),
         max_connections: 64,
         max_header_bytes: 16384,
