@@ -951,11 +951,19 @@ fn plan(
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // A coding is refused by a zero weight (`q=0`, `q=0.0`, `Q=0.000`).
+    let refused = |q: &str| {
+        let q = q.trim();
+        q.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
+            && q[2..].trim().parse::<f32>() == Ok(0.0)
+    };
     let accepts = |enc: &str| {
         accepts.split(',').any(|p| {
             let mut parts = p.trim().split(';');
-            parts.next() == Some(enc)
-                && !parts.any(|q| q.chars().filter(|c| !c.is_whitespace()).eq("q=0".chars()))
+            parts
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case(enc))
+                && !parts.any(refused)
         })
     };
     let Some(variant) = download

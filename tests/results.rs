@@ -278,6 +278,22 @@ async fn downloads_use_precompressed_variants_with_strong_etags() {
         etags.push(etag);
     }
     assert_ne!(etags[0], etags[1], "each representation has its own tag");
+    // A zero weight refuses a coding, however it is written; any other weight accepts it.
+    for (enc, want) in [
+        ("br;q=0.0, gzip", Some("gzip")),
+        ("BR; Q=0.000, gzip;q=0", None),
+        ("gzip;q=0.5", Some("gzip")),
+    ] {
+        let req = Request::get(route)
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT_ENCODING, enc)
+            .body(Body::empty())
+            .unwrap();
+        let (status, h, _) = send(&router, req).await;
+        assert_eq!(status, 200);
+        let got = h.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap());
+        assert_eq!(got, want, "{enc}");
+    }
 }
 
 /// The results fast path (ahead of the router) must answer exactly as the router's handlers

@@ -85,18 +85,24 @@ impl Hasher {
         }
     }
 
-    /// Run `f` on a hashing thread.
+    /// Run `f` on a hashing thread. The place is held by the job itself, so a request that
+    /// gives up (a timeout) does not free it while its hash still runs; a panic in `f` fails
+    /// this request only (rayon would otherwise abort the process).
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore never closed");
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pool.spawn(move || {
-            let _ = tx.send(f());
+            let _permit = permit;
+            if let Ok(v) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                let _ = tx.send(v);
+            }
         });
-        rx.await.expect("a hashing thread panicked")
+        rx.await.expect("a hashing job panicked")
     }
 
     pub async fn hash(&self, password: String) -> String {
@@ -130,6 +136,19 @@ fn hash_now(password: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job that panics fails its own request, not the process, and gives its place back.
+    #[tokio::test]
+    async fn a_panicking_hash_job_fails_only_its_request() {
+        let hasher = Hasher::new(1);
+        let h = hasher.clone();
+        let failed = tokio::spawn(async move { h.run(|| -> u8 { panic!("boom") }).await }).await;
+        assert!(failed.is_err_and(|e| e.is_panic()));
+        // The only place is free again, and the pool still hashes.
+        assert_eq!(hasher.run(|| 7u8).await, 7);
+        let stored = hasher.hash("Tr0ubadour&Bells".into()).await;
+        assert!(hasher.verify("Tr0ubadour&Bells".into(), Some(stored)).await);
+    }
 
     /// The hashing threads' nice value, from /proc (Linux), once one has run.
     #[tokio::test]
