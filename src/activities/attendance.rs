@@ -19,7 +19,7 @@ use super::{
     record_access, save_draft, submit, when,
 };
 use crate::AppState;
-use crate::auth::session::{Signed, check_csrf};
+use crate::auth::session::Signed;
 use crate::db::{self, Db};
 use crate::error::AppError;
 use crate::http::ClientAddr;
@@ -387,9 +387,7 @@ async fn save_day(
 ) -> Result<Response, AppError> {
     let c = att_ctx(&state, &s, &id).await?;
     let d = day_of(&state, &date)?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     if state.clock.now() < d.register_opens {
         return Err(AppError::NotFound);
     }
@@ -511,8 +509,7 @@ async fn day_submit(
 ) -> Result<Response, AppError> {
     let c = att_ctx(&state, &s, &id).await?;
     let d = day_of(&state, &date)?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    c.posted(&state, &s, &body, false)?;
     let now = state.clock.now();
     if now < d.register_opens {
         return Err(AppError::NotFound);

@@ -755,9 +755,7 @@ async fn answer(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = fields_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let q = step(&c, n)?;
     let list = choices(&state, &c.school).await?;
     match check_answer(&q, &f, &list) {
@@ -1074,8 +1072,7 @@ pub async fn check_submit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = fields_ctx(state, s, id).await?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(state, false)?;
+    c.posted(state, s, &body, false)?;
     let a = answers(&c, s);
     if let Some((n, _)) = questions(&c)
         .into_iter()

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{ActivityPage, Copy, Ctx, Form, PageForm, ctx, radios, save_draft, submit};
 use crate::AppState;
-use crate::auth::session::{Signed, check_csrf};
+use crate::auth::session::Signed;
 use crate::error::AppError;
 use crate::http::ClientAddr;
 use crate::portal::{Field, FormData};
@@ -162,9 +162,7 @@ async fn who(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = hdf_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     keep(&state, &s, &c, &f, &["name", "is_head"]).await?;
     let (name, head) = (f.get("name").trim().to_string(), f.get("is_head"));
     let mut p = who_form(&state, &s, &c, &name, &head);
@@ -213,9 +211,7 @@ async fn role(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = hdf_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     keep(&state, &s, &c, &f, &["role"]).await?;
     let r = f.get("role").trim().to_string();
     if r.is_empty() {
@@ -288,9 +284,7 @@ async fn confirm(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = hdf_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     keep(&state, &s, &c, &f, &["administration", "details"]).await?;
     let (choice, details) = (f.get("administration"), f.get("details").trim().to_string());
     let mut p = confirm_form(&state, &s, &c, &choice, &details);
@@ -403,8 +397,7 @@ pub async fn check_submit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = hdf_ctx(state, s, id).await?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(state, false)?;
+    c.posted(state, s, &body, false)?;
     if let Some((step, _)) = incomplete(&c) {
         return Ok(Redirect::to(&format!("{}/{step}", c.base)).into_response());
     }

@@ -174,9 +174,7 @@ async fn choose(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = school_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let all = las(&state.db).await?;
     let (la, agreed) = (f.get("la"), f.get("agreement") == "yes");
     let mut p = choose_form(&state, &s, &c, &all, &la, agreed);
@@ -255,8 +253,7 @@ pub async fn check_submit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = school_ctx(state, s, id).await?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(state, false)?;
+    c.posted(state, s, &body, false)?;
     let Some(la) = chosen(&c) else {
         return Ok(Redirect::to(&c.base).into_response());
     };

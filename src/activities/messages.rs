@@ -301,9 +301,7 @@ async fn new_thread(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = msg_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let (subject, text) = (
         f.get("subject").trim().to_string(),
         f.get("body").trim().to_string(),
@@ -376,9 +374,7 @@ async fn reply(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = msg_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let list = messages(
         &state.db,
         state.cycle.year,

@@ -562,6 +562,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A form posted to this activity: parsed, its CSRF token checked, and the window asked
+    /// whether it takes the change (`ensure_open`).
+    pub fn posted(
+        &self,
+        state: &AppState,
+        s: &Signed,
+        body: &Bytes,
+        adding: bool,
+    ) -> Result<FormData, AppError> {
+        let f = FormData::parse(body);
+        check_csrf(&s.csrf, &f.get("csrf"))?;
+        self.ensure_open(state, adding)?;
+        Ok(f)
+    }
+
     /// Refuse a change unless the window takes it (full changes, or additions when `adding`
     /// in the late period), with a message that says why.
     pub fn ensure_open(&self, state: &AppState, adding: bool) -> Result<(), AppError> {

@@ -595,9 +595,7 @@ async fn add(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = reg_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, true)?;
+    let f = c.posted(&state, &s, &body, true)?;
     let v = values(&f);
     let mut p = pupil_form(&state, &s, &c, &format!("{}/pupils/new", c.base), &v, true);
     let existing = pupils(&state.db, state.cycle.year, &c.school.id).await?;
@@ -708,9 +706,7 @@ async fn edit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = reg_ctx(&state, &s, &id).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let list = pupils(&state.db, state.cycle.year, &c.school.id).await?;
     if !list.iter().any(|x| x.upn == upn) {
         return Err(AppError::NotFound);
@@ -981,8 +977,7 @@ pub async fn check_submit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = reg_ctx(state, s, id).await?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(state, true)?;
+    c.posted(state, s, &body, true)?;
     let list = pupils(&state.db, state.cycle.year, &c.school.id).await?;
     if list.is_empty() {
         return Err(AppError::Refused(

@@ -558,9 +558,7 @@ async fn save_entry(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = ta_ctx(state, s, id, laestab).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(state, false)?;
+    let f = c.posted(state, s, &body, false)?;
     let ls = lines(state, &c.school.id).await?;
     let (keep, errors) = read_grid(&c, &ls, &f);
     if !errors.is_empty() {
@@ -1174,8 +1172,7 @@ async fn school_submit(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = ta_ctx(state, s, id, laestab).await?;
-    check_csrf(&s.csrf, &FormData::parse(&body).get("csrf"))?;
-    c.ensure_open(state, false)?;
+    c.posted(state, s, &body, false)?;
     submit_one(state, s, &c, addr).await?;
     Ok(Redirect::to(&if c.by_la {
         format!("/activities/{}?submitted=1", c.act.id)
@@ -1380,9 +1377,7 @@ async fn arrangement(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let c = ta_ctx(&state, &s, &id, None).await?;
-    let f = FormData::parse(&body);
-    check_csrf(&s.csrf, &f.get("csrf"))?;
-    c.ensure_open(&state, false)?;
+    let f = c.posted(&state, &s, &body, false)?;
     let who = f.get("who");
     let la = c.school.la_code.clone().unwrap_or_default();
     match who.as_str() {
