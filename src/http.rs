@@ -292,8 +292,9 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let memo = Arc::new(crate::auth::session::SessionMemo::default());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().handle(req, Some(addr))
+        app.clone().handle(req, Some(addr), Some(memo.clone()))
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -311,8 +312,9 @@ async fn serve_http1<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let memo = Arc::new(crate::auth::session::SessionMemo::default());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().handle(req, Some(addr))
+        app.clone().handle(req, Some(addr), Some(memo.clone()))
     });
     if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
@@ -331,6 +333,20 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Fold the recorded latencies into their summaries every few seconds. The recorder keeps
+/// every sample until then (a download records one), and rendering /metrics is the only other
+/// time it folds them: with nobody scraping, memory would grow with every request.
+pub fn spawn_metrics_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
 }
 
 /// The admin listener: plain HTTP, /metrics only. Bind it on loopback or a private network.

@@ -182,7 +182,7 @@ fn session_key(settings: &Settings) -> anyhow::Result<Key> {
 
 /// The server's routes and middleware.
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
+    let request_id = REQUEST_ID;
     let timeout = std::time::Duration::from_secs(state.settings.server.request_timeout_secs);
     let gates = state.gates.clone();
     Router::new()
@@ -268,7 +268,7 @@ const SECURITY_HEADERS: [(HeaderName, &str); 5] = [
 /// The headers of a download (a file sent as an attachment, never rendered as a page): the
 /// transport and sniffing rules, and a policy that lets the body do nothing if it were opened.
 /// Framing and referrer rules concern documents, and downloads are the busiest responses.
-const DOWNLOAD_HEADERS: [(HeaderName, &str); 3] = [
+pub(crate) const DOWNLOAD_HEADERS: [(HeaderName, &str); 3] = [
     (
         header::STRICT_TRANSPORT_SECURITY,
         "max-age=31536000; includeSubDomains",
@@ -298,6 +298,9 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// The header a request's id travels in (a client's own id is kept).
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Request ids: this process's random prefix and a counter (no system call per request, and
 /// unique across instances by the prefix).
 #[derive(Clone, Copy, Debug)]
@@ -308,14 +311,23 @@ static REQUEST_PREFIX: std::sync::LazyLock<String> =
 static REQUEST_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl RequestIds {
+    /// `prefix-counter`, the counter in lower-case hex without leading zeros.
     fn next() -> HeaderValue {
-        use std::io::Write;
-        let n = REQUEST_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::id(REQUEST_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn id(n: u64) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let prefix = REQUEST_PREFIX.as_bytes();
         let mut buf = [0u8; 32];
-        let mut w = &mut buf[..];
-        write!(w, "{}-{n:x}", *REQUEST_PREFIX).expect("an id fits in 32 bytes");
-        let len = 32 - w.len();
-        HeaderValue::from_bytes(&buf[..len]).expect("hex id")
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        let start = prefix.len() + 1;
+        for (i, b) in buf[start..start + digits].iter_mut().enumerate() {
+            *b = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf[..start + digits]).expect("hex id")
     }
 }
 
@@ -360,17 +372,19 @@ where
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let addr = req.extensions().get::<http::ClientAddr>().map(|a| a.0);
-        Box::pin(self.clone().handle(req, addr))
+        Box::pin(self.clone().handle(req, addr, None))
     }
 }
 
 impl App {
     /// One request from `addr`: the results fast path first, then the router (which finds
-    /// the address in the request's extensions).
+    /// the address in the request's extensions). `memo` is the connection's last session,
+    /// when the request came over a connection.
     pub async fn handle<B>(
         self,
         req: axum::http::Request<B>,
         addr: Option<std::net::SocketAddr>,
+        memo: Option<std::sync::Arc<auth::session::SessionMemo>>,
     ) -> Result<Response, std::convert::Infallible>
     where
         B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
@@ -380,13 +394,15 @@ impl App {
         let start = std::time::Instant::now();
         let (mut parts, body) = req.into_parts();
         let ip = addr.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
-        if let Some(mut resp) = results::fast_download(&self.state, &parts, ip).await {
+        if let Some(mut resp) =
+            results::fast_download(&self.state, &parts, ip, memo.as_deref()).await
+        {
             let id = parts
                 .headers
-                .get("x-request-id")
+                .get(&REQUEST_ID)
                 .cloned()
                 .unwrap_or_else(RequestIds::next);
-            resp.headers_mut().insert("x-request-id", id);
+            resp.headers_mut().insert(REQUEST_ID, id);
             FAST_METRICS.observe(resp.status(), start);
             return Ok(security_headers(resp).await);
         }
@@ -472,5 +488,34 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, axum::Json<serde_json
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "ready": false, "reason": "object store unavailable" })),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_rising_hex_counter() {
+        let ids: Vec<String> = (0..40)
+            .map(|_| RequestIds::next().to_str().unwrap().to_string())
+            .collect();
+        let counts: Vec<u64> = ids
+            .iter()
+            .map(|id| {
+                let (prefix, n) = id.split_once('-').unwrap();
+                assert_eq!(prefix, REQUEST_PREFIX.as_str());
+                assert!(n == "0" || !n.starts_with('0'), "{id}: no leading zeros");
+                assert_eq!(n, n.to_lowercase());
+                u64::from_str_radix(n, 16).unwrap()
+            })
+            .collect();
+        assert!(counts.windows(2).all(|w| w[1] > w[0]), "{ids:?}");
+        for n in [0, 1, 0xf, 0x10, 0xabc, 1 << 40, u64::MAX] {
+            assert_eq!(
+                RequestIds::id(n).to_str().unwrap(),
+                format!("{}-{n:x}", *REQUEST_PREFIX)
+            );
+        }
     }
 }

@@ -547,7 +547,7 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
     nca_portal::auth::spawn_revocation_refresh(state.clone());
     nca_portal::results::spawn_watch(state.clone());
     nca_portal::queue::spawn_admitter(state.clone());
-    let _ = http::metrics_handle();
+    http::spawn_metrics_upkeep(http::metrics_handle());
     if let Some(addr) = admin {
         let l = tokio::net::TcpListener::bind(addr)
             .await

@@ -34,7 +34,9 @@ pub struct Release {
     pub id: String,
     pub manifest: Manifest,
     /// laestab -> (LA code, trust UID)
-    pub schools: HashMap<String, (String, Option<String>)>,
+    /// Keyed by data from the release (never by what a request chose), so hashed with
+    /// foldhash: every download's authorisation looks a school up here.
+    pub schools: FoldMap<String, (String, Option<String>)>,
     /// UPN -> the pupils' identities and CSV lines, for KS3 lookups.
     pub pupils: HashMap<String, Vec<Ks3Entry>>,
     /// Names by laestab (schools), LA code and trust UID, for the pages.
@@ -62,15 +64,17 @@ pub(crate) enum Target {
 /// release is loaded: the hot path looks one up, picks a variant and sends it.
 #[derive(Debug, Default)]
 pub(crate) struct Downloads {
-    school: HashMap<Box<str>, Arc<Download>>,
-    la: HashMap<Box<str>, Arc<Download>>,
-    trust: HashMap<Box<str>, Arc<Download>>,
+    school: FoldMap<Box<str>, Arc<Download>>,
+    la: FoldMap<Box<str>, Arc<Download>>,
+    trust: FoldMap<Box<str>, Arc<Download>>,
 }
+
+/// A map whose keys come from a release (manifest paths, laestabs), hashed with foldhash
+/// (seeded per process) rather than SipHash: nobody outside chooses what is inserted.
+pub type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub(crate) struct Download {
-    content_type: &'static str,
-    disposition: HeaderValue,
     /// `release/path` of the file asked for, as the access log records it.
     audit_target: Arc<str>,
     /// Brotli, gzip, then the file itself, as published: the first the client accepts is sent.
@@ -85,6 +89,9 @@ struct Variant {
     key: Arc<str>,
     etag: Box<str>,
     etag_header: HeaderValue,
+    /// Every header of this variant's 200 response but the request id, made once: a clone
+    /// costs less than building the map on every download.
+    headers: HeaderMap,
 }
 
 const CSV: &str = "text/csv; charset=utf-8";
@@ -130,10 +137,12 @@ impl Downloads {
             .filter_map(|(encoding, p)| {
                 let sha = &manifest.objects.get(&p)?.sha256;
                 let etag = format!("\"{}\"", sha.get(..32).unwrap_or(sha));
+                let etag_header = HeaderValue::from_str(&etag).ok()?;
                 Some(Variant {
                     encoding,
                     key: format!("{id}/{p}").into(),
-                    etag_header: HeaderValue::from_str(&etag).ok()?,
+                    headers: ok_headers(content_type, encoding, &disposition, &etag_header),
+                    etag_header,
                     etag: etag.into(),
                     path: p.into(),
                 })
@@ -142,8 +151,6 @@ impl Downloads {
             map.insert(
                 name.into(),
                 Arc::new(Download {
-                    content_type,
-                    disposition,
                     audit_target: format!("{id}/{path}").into(),
                     variants,
                 }),
@@ -159,6 +166,32 @@ impl Downloads {
             Target::Trust => self.trust.get(file),
         }
     }
+}
+
+/// A download's 200 headers: what the file is, how to save it, how to cache it, and the
+/// download security headers (`security_headers` finds them present and adds nothing).
+fn ok_headers(
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    disposition: &HeaderValue,
+    etag: &HeaderValue,
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(12);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(enc) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+    }
+    h.insert(header::CONTENT_DISPOSITION, disposition.clone());
+    h.insert(header::ETAG, etag.clone());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    h.insert(header::VARY, HeaderValue::from_static(VARY));
+    for (name, value) in crate::DOWNLOAD_HEADERS.iter().cloned() {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    h
 }
 
 /// One pupil in the KS3 lookup index.
@@ -876,6 +909,11 @@ async fn trust(
 /// The release a user may read results from now: they have the permission, a release is
 /// loaded, and (unless they are the operator) their opening time has passed.
 pub(crate) fn opened(state: &AppState, user: &SignedIn) -> Result<Arc<Release>, Refusal> {
+    opened_at(state, user, state.clock.now())
+}
+
+/// As `opened`, at `now` (the fast path reads the clock once per request).
+fn opened_at(state: &AppState, user: &SignedIn, now: i64) -> Result<Arc<Release>, Refusal> {
     if !user.may(Action::ViewResults) {
         return Err(Refusal::Error(
             StatusCode::FORBIDDEN,
@@ -888,7 +926,6 @@ pub(crate) fn opened(state: &AppState, user: &SignedIn) -> Result<Arc<Release>, 
             "no results have been published",
         ));
     };
-    let now = state.clock.now();
     let opens = release.manifest.opens_at.unix_timestamp();
     if now < opens && user.kind != OrgKind::Operator {
         return Err(Refusal::NotOpen(release.manifest.opens_at));
@@ -903,6 +940,8 @@ struct Plan {
     /// The variant (precompressed or not) chosen for this client.
     variant: usize,
     not_modified: bool,
+    /// When the download was asked for (the access record's time).
+    now: i64,
 }
 
 /// Check a download against permissions, the embargo and authorisation, and choose the
@@ -914,11 +953,12 @@ fn plan(
     file: &str,
     headers: &HeaderMap,
     target: Target,
+    now: i64,
 ) -> Result<Plan, Refusal> {
     let (name, ext) = file.rsplit_once('.').unwrap_or((file, ""));
-    let release = opened(state, user)?;
+    let release = opened_at(state, user, now)?;
     let owner = match (target, ext) {
-        (Target::School, "csv") => name.trim_end_matches("-qla"),
+        (Target::School, "csv") => name.strip_suffix("-qla").unwrap_or(name),
         (Target::School, "ctf") | (Target::La, "csv") | (Target::Trust, "csv") => name,
         _ => {
             return Err(Refusal::Error(
@@ -979,6 +1019,7 @@ fn plan(
         download,
         variant,
         not_modified,
+        now,
     })
 }
 
@@ -1006,44 +1047,28 @@ impl Plan {
     /// worked out when the release was loaded.
     fn respond(&self, bytes: Option<Bytes>) -> Response {
         let v = self.chosen();
-        let mut r = match bytes {
-            None => StatusCode::NOT_MODIFIED.into_response(),
-            Some(bytes) => {
-                let mut r = Response::new(Body::from(bytes));
-                // Room for every header the response will carry, so the map grows once.
-                *r.headers_mut() = HeaderMap::with_capacity(16);
-                let h = r.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(self.download.content_type),
-                );
-                if let Some(enc) = v.encoding {
-                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
-                }
-                h.insert(
-                    header::CONTENT_DISPOSITION,
-                    self.download.disposition.clone(),
-                );
-                r
-            }
+        let Some(bytes) = bytes else {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            let h = r.headers_mut();
+            h.insert(header::ETAG, v.etag_header.clone());
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(CACHE_CONTROL),
+            );
+            h.insert(header::VARY, HeaderValue::from_static(VARY));
+            return r;
         };
-        let h = r.headers_mut();
-        h.insert(header::ETAG, v.etag_header.clone());
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(CACHE_CONTROL),
-        );
-        h.insert(header::VARY, HeaderValue::from_static(VARY));
+        let mut r = Response::new(Body::from(bytes));
+        *r.headers_mut() = v.headers.clone();
         r
     }
-
-    fn audit_event(&self, state: &AppState, actor: Arc<str>, org: Arc<str>) -> AuditEvent {
+    fn audit_event(&self, actor: Arc<str>, org: Arc<str>) -> AuditEvent {
         AuditEvent {
             action: "results-download",
             actor,
             org_id: org,
             target: self.download.audit_target.clone(),
-            at: state.clock.now(),
+            at: self.now,
         }
     }
 }
@@ -1067,18 +1092,14 @@ async fn download(
     {
         return crate::protect::too_many(wait);
     }
-    let plan = match plan(state, &s.user, file, headers, target) {
+    let plan = match plan(state, &s.user, file, headers, target, state.clock.now()) {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
     // Waits only when the writer is a whole queue behind: no download goes unrecorded.
     if state
         .audit_tx
-        .send(plan.audit_event(
-            state,
-            s.user.email.as_str().into(),
-            s.user.org.as_str().into(),
-        ))
+        .send(plan.audit_event(s.user.email.as_str().into(), s.user.org.as_str().into()))
         .await
         .is_err()
     {
@@ -1107,6 +1128,7 @@ pub async fn fast_download(
     state: &AppState,
     req: &axum::http::request::Parts,
     ip: std::net::IpAddr,
+    memo: Option<&crate::auth::session::SessionMemo>,
 ) -> Option<Response> {
     if req.method != axum::http::Method::GET {
         return None;
@@ -1120,18 +1142,15 @@ pub async fn fast_download(
         _ => return None,
     };
     // Variants made on request (a query, a summary) go the long way.
-    if file.contains('/')
-        || file.contains('%')
-        || file.contains("-summary")
-        || req.uri.query().is_some()
-    {
+    if file.contains(['/', '%']) || file.ends_with("-summary.csv") || req.uri.query().is_some() {
         return None;
     }
-    let session = crate::auth::session::signed_in_as_is(state, &req.headers)?;
+    let now = state.clock.now();
+    let session = crate::auth::session::signed_in_as_is(state, &req.headers, memo, now)?;
     let Ok(_permit) = state.gates.downloads.try_acquire() else {
         return Some(crate::protect::busy("download"));
     };
-    let plan = plan(state, &session.user, file, &req.headers, target);
+    let plan = plan(state, &session.user, file, &req.headers, target, now);
     // Anything that must wait goes the long way before the rate limits count this request: a
     // miss (where concurrent misses coalesce into one read), or a full audit queue.
     let bytes = match &plan {
@@ -1154,7 +1173,7 @@ pub async fn fast_download(
         Err(refusal) => return Some(refusal.into_response()),
     };
     if let Some(permit) = audit {
-        permit.send(plan.audit_event(state, session.actor.clone(), session.org.clone()));
+        permit.send(plan.audit_event(session.actor.clone(), session.org.clone()));
     }
     Some(plan.respond(bytes))
 }

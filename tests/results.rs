@@ -376,6 +376,67 @@ async fn the_fast_path_answers_exactly_as_the_router_does() {
     );
 }
 
+/// A connection remembers its last session by the cookie's exact value. It must never answer
+/// for another cookie: two users alternating on one connection each get their own answers, and
+/// a request carrying two session cookies is answered as the router reads it (the last one),
+/// without teaching the fast path that the first belongs to that session.
+#[tokio::test]
+async fn a_connections_session_memo_answers_only_for_the_cookie_it_was_given() {
+    let (state, app, _dir) = app_with(|s| s.rate_limits.per_user_per_minute = 10_000).await;
+    state.clock.advance(OPENS - START);
+    let router = nca_portal::router(state.clone());
+    let session = |cookies: &str| {
+        cookies
+            .split("; ")
+            .find(|c| c.starts_with("nca_session="))
+            .unwrap()
+            .to_string()
+    };
+    let a = session(&sign_in(&state, &app, "school@a.sch.uk").await);
+    let b = session(&sign_in(&state, &app, "academy@b.sch.uk").await);
+    let memo = std::sync::Arc::new(nca_portal::auth::session::SessionMemo::default());
+    let addr = Some("127.0.0.1:40000".parse().unwrap());
+    let req = |cookie: &str, school: &str| {
+        Request::get(format!("/api/v1/results/school/{school}.csv"))
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    // Fill the cache the long way, so the fast path answers what follows.
+    for (cookie, school) in [(&a, "9992001"), (&b, "9992002")] {
+        let r = router.clone().oneshot(req(cookie, school)).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let on_connection = |cookie: &str, school: &str| {
+        let r = req(cookie, school);
+        let (app, memo) = (app.clone(), memo.clone());
+        async move { app.handle(r, addr, Some(memo)).await.unwrap().status() }
+    };
+    let before = state.results.cached_hits();
+    for _ in 0..3 {
+        assert_eq!(on_connection(&a, "9992001").await, 200);
+        assert_eq!(on_connection(&a, "9992002").await, 403);
+        assert_eq!(on_connection(&b, "9992002").await, 200);
+        assert_eq!(on_connection(&b, "9992001").await, 403);
+    }
+    assert!(
+        state.results.cached_hits() >= before + 6,
+        "the fast path answered"
+    );
+    // Two session cookies: whatever the router makes of them, and nothing remembered.
+    let both = format!("{a}; {b}");
+    for school in ["9992001", "9992002"] {
+        let slow = router.clone().oneshot(req(&both, school)).await.unwrap();
+        assert_eq!(
+            on_connection(&both, school).await,
+            slow.status(),
+            "{school}"
+        );
+    }
+    assert_eq!(on_connection(&a, "9992001").await, 200);
+    assert_eq!(on_connection(&a, "9992002").await, 403);
+}
+
 #[tokio::test]
 async fn a_new_release_is_picked_up_without_a_restart() {
     let (state, router, _dir) = app().await;

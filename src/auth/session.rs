@@ -210,9 +210,13 @@ fn decode(state: &AppState, headers: &axum::http::HeaderMap) -> Option<SessionDa
 pub fn signed_in_as_is(
     state: &AppState,
     headers: &axum::http::HeaderMap,
+    memo: Option<&SessionMemo>,
+    now: i64,
 ) -> Option<Arc<FastSession>> {
     let raw = raw_session_cookie(headers);
-    let s = match raw.and_then(|r| state.sessions.get(r)) {
+    let memoed = raw.zip(memo).and_then(|(r, m)| m.get(r));
+    let from_memo = memoed.is_some();
+    let s = match memoed.or_else(|| raw.and_then(|r| state.sessions.get(r))) {
         Some(s) => s,
         None => {
             let user = decode(state, headers)?.user?;
@@ -228,10 +232,10 @@ pub fn signed_in_as_is(
             s
         }
     };
-    let current = matches!(
-        standing(state, &s.user, state.clock.now()),
-        Standing::Current
-    );
+    if let (false, Some(r), Some(m)) = (from_memo, raw, memo) {
+        m.set(r, &s);
+    }
+    let current = matches!(standing(state, &s.user, now), Standing::Current);
     (current && !s.user.must_change).then_some(s)
 }
 
@@ -245,14 +249,46 @@ pub struct FastSession {
     pub uid: Arc<str>,
 }
 
+/// The last session a connection's requests carried, by the cookie's exact (encrypted) value:
+/// a browser or an API client sends the same cookie on every request of a kept-alive
+/// connection, so comparing it with the last one finds the session without hashing the cookie
+/// or asking the shared cache. Like the cache it holds no authority of its own (the standing
+/// is checked on every request), and it holds one session, for the connection's lifetime.
+#[derive(Debug, Default)]
+pub struct SessionMemo(std::sync::Mutex<Option<(Box<str>, Arc<FastSession>)>>);
+
+impl SessionMemo {
+    fn get(&self, raw: &str) -> Option<Arc<FastSession>> {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(cookie, _)| **cookie == *raw)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn set(&self, raw: &str, session: &Arc<FastSession>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((raw.into(), session.clone()));
+    }
+}
+
 /// The session cookie's value exactly as sent (still encrypted), when there is one.
+/// None unless there is exactly one: the cookie jar the router reads keeps the last of two,
+/// and the fast path must never key a session by a value that was not the one decrypted.
 fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|c| {
+            c.trim_ascii()
+                .strip_prefix(SESSION_COOKIE.as_bytes())?
+                .strip_prefix(b"=")
+        });
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    // Only the one value is checked, not every cookie the browser sends.
+    std::str::from_utf8(value).ok()
 }
 
 /// Decrypted sessions of the fast path, by the cookie's exact (encrypted) value: decrypting
