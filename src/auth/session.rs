@@ -277,18 +277,11 @@ fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
     let mut values = headers
         .get_all(header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .filter_map(|c| {
-            c.trim_ascii()
-                .strip_prefix(SESSION_COOKIE.as_bytes())?
-                .strip_prefix(b"=")
-        });
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim_ascii().strip_prefix(SESSION_COOKIE)?.strip_prefix('='));
     let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    // Only the one value is checked, not every cookie the browser sends.
-    std::str::from_utf8(value).ok()
+    values.next().is_none().then_some(value)
 }
 
 /// Decrypted sessions of the fast path, by the cookie's exact (encrypted) value: decrypting
