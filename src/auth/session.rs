@@ -279,7 +279,11 @@ fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
         .iter()
         .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim_ascii().strip_prefix(SESSION_COOKIE)?.strip_prefix('='));
+        .filter_map(|c| {
+            c.trim_ascii()
+                .strip_prefix(SESSION_COOKIE)?
+                .strip_prefix('=')
+        });
     let value = values.next()?;
     values.next().is_none().then_some(value)
 }
