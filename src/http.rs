@@ -283,6 +283,25 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
     Ok(s.into())
 }
 
+/// One connection's requests into `App::handle`, with the client's address and the
+/// connection's own session memo.
+fn connection_service(
+    app: crate::App,
+    addr: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let memo = Arc::new(crate::auth::session::SessionMemo::default());
+    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        app.clone().handle(req, Some(addr), Some(memo.clone()))
+    })
+}
+
 async fn serve_connection<I>(
     io: TokioIo<I>,
     addr: SocketAddr,
@@ -292,11 +311,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let memo = Arc::new(crate::auth::session::SessionMemo::default());
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().handle(req, Some(addr), Some(memo.clone()))
-    });
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let conn = builder.serve_connection_with_upgrades(io, connection_service(app, addr));
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
     }
@@ -312,10 +327,7 @@ async fn serve_http1<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let memo = Arc::new(crate::auth::session::SessionMemo::default());
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().handle(req, Some(addr), Some(memo.clone()))
-    });
+    let svc = connection_service(app, addr);
     if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
     }

@@ -182,16 +182,22 @@ fn ok_headers(
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
     }
     h.insert(header::CONTENT_DISPOSITION, disposition.clone());
+    caching_headers(&mut h, etag);
+    for (name, value) in crate::DOWNLOAD_HEADERS.iter().cloned() {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    h
+}
+
+/// What a download's 200 and 304 both say about caching: its ETag, that a browser keeps it
+/// but asks again, and what it varies by.
+fn caching_headers(h: &mut HeaderMap, etag: &HeaderValue) {
     h.insert(header::ETAG, etag.clone());
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(CACHE_CONTROL),
     );
     h.insert(header::VARY, HeaderValue::from_static(VARY));
-    for (name, value) in crate::DOWNLOAD_HEADERS.iter().cloned() {
-        h.insert(name, HeaderValue::from_static(value));
-    }
-    h
 }
 
 /// One pupil in the KS3 lookup index.
@@ -1049,13 +1055,7 @@ impl Plan {
         let v = self.chosen();
         let Some(bytes) = bytes else {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
-            let h = r.headers_mut();
-            h.insert(header::ETAG, v.etag_header.clone());
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(CACHE_CONTROL),
-            );
-            h.insert(header::VARY, HeaderValue::from_static(VARY));
+            caching_headers(r.headers_mut(), &v.etag_header);
             return r;
         };
         let mut r = Response::new(Body::from(bytes));
