@@ -3,6 +3,9 @@
 //! audit). The same thread layout as nca-portal's listener (one current-thread runtime per
 //! thread, each with its own SO_REUSEPORT socket), the same certificate, HTTP/1.1 only.
 //! Measured beside nginx and nca-portal it shows how much of the budget the portal's checks use.
+//! With `--header` it also sends the headers the portal's download sends (bench/downloads.sh
+//! copies them from a real download), made once and cloned per response as the portal does:
+//! what those headers alone cost, before any check.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 
@@ -30,6 +34,19 @@ struct Args {
     key: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// A header (`name: value`) to send with every response besides the content type;
+    /// repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: a header is `name: value`"))?;
+    let name = HeaderName::try_from(name.trim()).map_err(|e| format!("{name:?}: {e}"))?;
+    let value = HeaderValue::try_from(value.trim()).map_err(|e| format!("{value:?}: {e}"))?;
+    Ok((name, value))
 }
 
 fn tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -48,6 +65,10 @@ fn tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rust
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let body = Bytes::from(std::fs::read(&args.file)?);
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+    headers.extend(args.headers);
+    let headers = Arc::new(headers);
     let acceptor = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(tls(c, k)?)),
         _ => None,
@@ -64,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         socket.set_nonblocking(true)?;
         socket.bind(&args.listen.into())?;
         socket.listen(4096)?;
-        let (body, acceptor) = (body.clone(), acceptor.clone());
+        let (body, acceptor, headers) = (body.clone(), acceptor.clone(), headers.clone());
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -74,18 +95,13 @@ fn main() -> anyhow::Result<()> {
                 loop {
                     let (stream, _) = listener.accept().await?;
                     let _ = stream.set_nodelay(true);
-                    let (body, acceptor) = (body.clone(), acceptor.clone());
+                    let (body, acceptor, headers) =
+                        (body.clone(), acceptor.clone(), headers.clone());
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |_req| {
-                            let body = body.clone();
-                            async move {
-                                let mut r = hyper::Response::new(Full::new(body));
-                                r.headers_mut().insert(
-                                    hyper::header::CONTENT_TYPE,
-                                    hyper::header::HeaderValue::from_static("text/csv"),
-                                );
-                                Ok::<_, Infallible>(r)
-                            }
+                            let mut r = hyper::Response::new(Full::new(body.clone()));
+                            *r.headers_mut() = HeaderMap::clone(&headers);
+                            async move { Ok::<_, Infallible>(r) }
                         });
                         let _ = match acceptor {
                             Some(a) => match a.accept(stream).await {
