@@ -250,63 +250,17 @@ pub fn parse_csv(name: &str, bytes: &[u8]) -> (Vec<Ks3Query>, Vec<String>) {
 
 /// A Common Transfer File: each `<Pupil>`'s `UPN`, `Surname` and `DOB`.
 pub fn parse_ctf(name: &str, bytes: &[u8]) -> (Vec<Ks3Query>, Vec<String>) {
-    use quick_xml::events::Event;
     let (mut out, mut errors) = (Vec::new(), Vec::new());
-    let mut reader = quick_xml::Reader::from_reader(bytes);
-    let mut path: Vec<String> = Vec::new();
-    let (mut cur, mut n) = ((String::new(), String::new(), String::new()), 0usize);
-    // An element's text arrives in pieces, split at entity references such as &amp;.
-    let mut text = String::new();
-    let mut buf = Vec::new();
-    loop {
-        match reader.read_event_into(&mut buf) {
-            Ok(Event::Start(e)) => {
-                let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                if tag == "Pupil" {
-                    cur = Default::default();
-                    n += 1;
+    match crate::ctf::pupils(name, bytes) {
+        Ok(pupils) => {
+            for p in pupils {
+                match pupil(p.field("UPN"), p.field("Surname"), p.field("DOB")) {
+                    Ok(q) => out.push(q),
+                    Err(e) => errors.push(format!("{name}, pupil {}: {e}", p.n)),
                 }
-                path.push(tag);
-                text.clear();
-            }
-            Ok(Event::End(_)) => {
-                let tag = path.pop();
-                let in_pupil = path.last().is_some_and(|p| p == "Pupil");
-                match tag.as_deref() {
-                    Some("Pupil") => match pupil(&cur.0, &cur.1, &cur.2) {
-                        Ok(q) => out.push(q),
-                        Err(e) => errors.push(format!("{name}, pupil {n}: {e}")),
-                    },
-                    Some("UPN") if in_pupil => cur.0 = std::mem::take(&mut text),
-                    Some("Surname") if in_pupil => cur.1 = std::mem::take(&mut text),
-                    Some("DOB") if in_pupil => cur.2 = std::mem::take(&mut text),
-                    _ => {}
-                }
-                text.clear();
-            }
-            Ok(Event::Text(t)) => text.push_str(&t.decode().unwrap_or_default()),
-            Ok(Event::GeneralRef(r)) => {
-                let entity = String::from_utf8_lossy(&r).into_owned();
-                if let Ok(Some(c)) = r.resolve_char_ref() {
-                    text.push(c);
-                } else if let Some(s) = quick_xml::escape::resolve_predefined_entity(&entity) {
-                    text.push_str(s);
-                }
-            }
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => {
-                errors.push(format!(
-                    "{name}: not a readable CTF (XML error at byte {}: {e})",
-                    reader.buffer_position()
-                ));
-                break;
             }
         }
-        buf.clear();
-    }
-    if n == 0 && errors.is_empty() {
-        errors.push(format!("{name}: no pupils found: is this a CTF file?"));
+        Err(e) => errors.push(e),
     }
     (out, errors)
 }

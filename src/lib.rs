@@ -8,6 +8,7 @@ pub mod api;
 pub mod api_tokens;
 pub mod auth;
 pub mod config;
+pub mod ctf;
 pub mod db;
 pub mod email;
 pub mod error;

@@ -689,80 +689,29 @@ pub fn parse_file(name: &str, bytes: &[u8]) -> Result<Vec<UploadRow>, Vec<String
 
 /// A CTF's pupils: `UPN` and the KS2 `StageAssessment`s with Method TA for subjects WRI and SCI.
 fn parse_ctf(name: &str, bytes: &[u8]) -> Result<Vec<UploadRow>, Vec<String>> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_reader(bytes);
-    let mut path: Vec<String> = Vec::new();
-    let mut text = String::new();
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let (mut upn, mut w, mut sc) = (String::new(), String::new(), String::new());
-    let mut a: HashMap<String, String> = HashMap::new();
-    let mut n = 0;
-    loop {
-        match reader.read_event_into(&mut buf) {
-            Ok(Event::Start(e)) => {
-                let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                if tag == "Pupil" {
-                    n += 1;
-                    (upn, w, sc) = Default::default();
-                }
-                if tag == "StageAssessment" {
-                    a.clear();
-                }
-                path.push(tag);
-                text.clear();
-            }
-            Ok(Event::End(_)) => {
-                let tag = path.pop().unwrap_or_default();
-                let parent = path.last().cloned().unwrap_or_default();
-                match tag.as_str() {
-                    "Pupil" => out.push((
-                        n,
-                        String::new(),
-                        upn.trim().to_uppercase(),
-                        w.clone(),
-                        sc.clone(),
-                    )),
-                    "UPN" if parent == "Pupil" => upn = text.clone(),
-                    "StageAssessment" => {
-                        let get = |k: &str| {
-                            a.get(k)
-                                .map(|s| s.trim().to_uppercase())
-                                .unwrap_or_default()
-                        };
-                        if get("METHOD") == "TA" {
-                            match get("SUBJECT").as_str() {
-                                "WRI" => w = get("RESULT"),
-                                "SCI" => sc = get("RESULT"),
-                                _ => {}
-                            }
-                        }
+    let pupils = crate::ctf::pupils(name, bytes).map_err(|e| vec![e])?;
+    Ok(pupils
+        .into_iter()
+        .map(|p| {
+            let (mut writing, mut science) = (String::new(), String::new());
+            for a in &p.assessments {
+                let get = |k: &str| {
+                    a.get(k)
+                        .map(|s| s.trim().to_uppercase())
+                        .unwrap_or_default()
+                };
+                if get("METHOD") == "TA" {
+                    match get("SUBJECT").as_str() {
+                        "WRI" => writing = get("RESULT"),
+                        "SCI" => science = get("RESULT"),
+                        _ => {}
                     }
-                    t if parent == "StageAssessment" => {
-                        a.insert(t.to_uppercase(), text.clone());
-                    }
-                    _ => {}
                 }
-                text.clear();
             }
-            Ok(Event::Text(t)) => text.push_str(&t.decode().unwrap_or_default()),
-            Ok(Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => {
-                return Err(vec![format!(
-                    "{name}: not a readable CTF (XML error at byte {}: {e})",
-                    reader.buffer_position()
-                )]);
-            }
-        }
-        buf.clear();
-    }
-    if out.is_empty() {
-        return Err(vec![format!(
-            "{name}: no pupils found: is this a CTF file?"
-        )]);
-    }
-    Ok(out)
+            let upn = p.field("UPN").trim().to_uppercase();
+            (p.n, String::new(), upn, writing, science)
+        })
+        .collect())
 }
 
 /// Judge every row of an upload against the registrations of the schools it may cover.
