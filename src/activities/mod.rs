@@ -475,32 +475,77 @@ pub async fn save_draft(
 }
 
 /// Exceptions the operator has recorded: (reopened until, gates recorded).
-async fn exceptions(
-    db: &Db,
-    year: i32,
-    act: &str,
-    org: &str,
-) -> sqlx::Result<(Option<i64>, Vec<String>)> {
-    use sqlx::Row as _;
-    let rows = sqlx::query(
-        "SELECT what, until_at FROM activity_exceptions WHERE cycle = $1 AND activity = $2 AND org_id = $3",
-    )
-    .bind(year as i64)
-    .bind(act)
-    .bind(org)
-    .fetch_all(db)
-    .await?;
-    let mut reopen = None;
-    let mut gates = Vec::new();
-    for r in rows {
-        let what: String = r.get("what");
-        if what == "reopen" {
-            reopen = r.get::<Option<i64>, _>("until_at");
-        } else if let Some(g) = what.strip_prefix("gate:") {
-            gates.push(g.to_string());
+/// One organisation's activity rows this cycle (its statuses, under each record key asked
+/// for, and its exceptions), read in two queries: a page that asks where every activity
+/// stands reads them once, not two or three queries per activity.
+pub struct OrgRows {
+    statuses: std::collections::HashMap<(String, String), Status>,
+    /// By activity: the reopened-until time, and the operator gates recorded.
+    exceptions: std::collections::HashMap<String, (Option<i64>, Vec<String>)>,
+}
+
+impl OrgRows {
+    /// The rows of `org` (its own statuses, and those of any other record `keys`, such as
+    /// `org:user` for activities each user completes).
+    pub async fn load(db: &Db, year: i32, org: &str, keys: &[&str]) -> sqlx::Result<OrgRows> {
+        use sqlx::Row as _;
+        let mut all: Vec<&str> = vec![org];
+        all.extend(keys.iter().copied().filter(|k| *k != org));
+        let marks = (0..all.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT * FROM activity_status WHERE cycle = $1 AND org_id IN ({marks})");
+        let mut q = sqlx::query(&sql).bind(year as i64);
+        for k in &all {
+            q = q.bind(*k);
         }
+        let statuses = q
+            .fetch_all(db)
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    (r.get::<String, _>("activity"), r.get::<String, _>("org_id")),
+                    status_from(r),
+                )
+            })
+            .collect();
+        let rows = sqlx::query(
+            "SELECT activity, what, until_at FROM activity_exceptions WHERE cycle = $1 AND org_id = $2",
+        )
+        .bind(year as i64)
+        .bind(org)
+        .fetch_all(db)
+        .await?;
+        let mut exceptions: std::collections::HashMap<String, (Option<i64>, Vec<String>)> =
+            std::collections::HashMap::new();
+        for r in rows {
+            let e = exceptions.entry(r.get("activity")).or_default();
+            let what: String = r.get("what");
+            if what == "reopen" {
+                e.0 = r.get::<Option<i64>, _>("until_at");
+            } else if let Some(g) = what.strip_prefix("gate:") {
+                e.1.push(g.to_string());
+            }
+        }
+        Ok(OrgRows {
+            statuses,
+            exceptions,
+        })
     }
-    Ok((reopen, gates))
+
+    /// Until when the operator reopened `act` for the organisation, if they did.
+    pub fn reopened_until(&self, act: &str) -> Option<i64> {
+        self.exceptions.get(act).and_then(|(r, _)| *r)
+    }
+
+    /// The status of `act` under record key `key` (one of those loaded).
+    pub fn status(&self, act: &str, key: &str) -> Option<Status> {
+        self.statuses
+            .get(&(act.to_string(), key.to_string()))
+            .cloned()
+    }
 }
 
 /// Where `act` stands for `org` now; None when the organisation is not in its audience.
@@ -509,12 +554,23 @@ pub async fn standing(
     act: &Activity,
     org: &db::Org,
 ) -> anyhow::Result<Option<Standing>> {
-    let Some(aud) = act.audience(org.kind, org.school_type.as_deref()) else {
-        return Ok(None);
-    };
+    let rows = OrgRows::load(&state.db, state.cycle.year, &org.id, &[]).await?;
+    Ok(standing_in(state, act, org, &rows).await)
+}
+
+/// As `standing`, from the organisation's rows already read.
+pub async fn standing_in(
+    state: &AppState,
+    act: &Activity,
+    org: &db::Org,
+    rows: &OrgRows,
+) -> Option<Standing> {
+    let aud = act.audience(org.kind, org.school_type.as_deref())?;
     let aud = &audience_now(state, act, aud).await;
-    let year = state.cycle.year;
-    let (reopen, recorded) = exceptions(&state.db, year, &act.id, &org.id).await?;
+    let (reopen, recorded) = rows
+        .exceptions
+        .get(&act.id)
+        .map_or((None, &[][..]), |(r, g)| (*r, g.as_slice()));
     let mut missing = Vec::new();
     for g in &aud.requires {
         let met = match g {
@@ -522,11 +578,9 @@ pub async fn standing(
             // A decided activity counts once accepted; others once submitted.
             Gate::Activity(id) => {
                 let decided = state.cycle.activity(id).is_some_and(|a| a.decided);
-                status(&state.db, year, id, &org.id)
-                    .await?
-                    .is_some_and(|s| {
-                        s.status == "accepted" || (!decided && s.status == "submitted")
-                    })
+                rows.status(id, &org.id).is_some_and(|s| {
+                    s.status == "accepted" || (!decided && s.status == "submitted")
+                })
             }
         };
         if !met {
@@ -539,13 +593,13 @@ pub async fn standing(
         .filter(|g| matches!(g, Gate::Operator(n) if recorded.contains(n)))
         .map(|g| g.label(&state.cycle))
         .collect();
-    Ok(Some(Standing {
+    Some(Standing {
         blocked,
         audience: aud.clone(),
         window: Window::of(aud, state.clock.now(), reopen),
-        status: status(&state.db, year, &act.id, &org.id).await?,
+        status: rows.status(&act.id, &org.id),
         missing,
-    }))
+    })
 }
 
 /// An activity as one school's (or, for TA, its LA's) form sees it.
@@ -669,7 +723,9 @@ pub async fn ctx(
             act.audience(OrgKind::La, None).ok_or(AppError::Forbidden)?,
         )
         .await;
-        let (reopen, _) = exceptions(&state.db, state.cycle.year, &act.id, &s.user.org).await?;
+        let reopen = OrgRows::load(&state.db, state.cycle.year, &s.user.org, &[])
+            .await?
+            .reopened_until(&act.id);
         standing.window = Window::of(&aud, state.clock.now(), reopen);
         standing.audience = aud;
     }
@@ -1181,18 +1237,14 @@ async fn dashboard(
                 .is_some_and(|o| may_see_doc(&state, &s.user, &d.activity, o))
         })
         .collect();
+    let own_key = format!("{}:{}", org.id, s.user.uid);
+    let rows = OrgRows::load(&state.db, state.cycle.year, &org.id, &[&own_key]).await?;
     for act in &state.cycle.activities {
-        let Some(mut st) = standing(&state, act, &org).await? else {
+        let Some(mut st) = standing_in(&state, act, &org, &rows).await else {
             continue;
         };
         if act.per_user {
-            st.status = status(
-                &state.db,
-                state.cycle.year,
-                &act.id,
-                &record_key(act, &org.id, &s.user.uid),
-            )
-            .await?;
+            st.status = rows.status(&act.id, &record_key(act, &org.id, &s.user.uid));
         }
         if !s.user.may(st.audience.permission) {
             continue;
