@@ -22,7 +22,11 @@ CONNS="${CONNS:-64}"
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
 fi
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p nca-portal -p nca-pipeline -p nca-bench --bin bare
+# (Two builds: `--bin bare` beside `-p nca-portal` would build only the binaries named bare.)
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -q -p nca-portal -p nca-pipeline
+  cargo build --release -q -p nca-bench --bin bare
+fi
 P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
 W=$(mktemp -d /tmp/nca-downloads.XXXXXX)
