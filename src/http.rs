@@ -102,6 +102,12 @@ pub fn tls_config(cert: &str, key: &str, dir: &Path) -> anyhow::Result<Arc<rustl
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets (keys rotated by rustls), so a returning browser resumes
+    // without a certificate signature from us or a chain check on its side, however many
+    // clients there are: the default keeps only 256 sessions in memory, far fewer than the
+    // organisations that reconnect at 7:30, when idle connections have been closed.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().context("making the TLS session ticket key")?;
     Ok(Arc::new(config))
 }
 

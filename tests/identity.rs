@@ -782,7 +782,7 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     };
     let server = tokio::spawn(nca_portal::http::serve_tls(
         listener,
-        Some(tls),
+        Some(tls.clone()),
         app.router.clone(),
         limits,
         async {
@@ -794,6 +794,9 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
+    // Sessions resume from stateless tickets, not a small in-memory cache.
+    assert!(tls.ticketer.enabled());
+    assert!(tls.send_tls13_tickets > 0);
     for (alpn, expect) in [(b"h2".to_vec(), "h2"), (b"http/1.1".to_vec(), "http/1.1")] {
         let mut cfg = rustls::ClientConfig::builder()
             .with_root_certificates(roots.clone())
@@ -813,6 +816,20 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
             let mut out = String::new();
             tls.read_to_string(&mut out).await.unwrap();
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            assert_eq!(
+                tls.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full)
+            );
+            // The same client again: it resumes with the ticket it was given.
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let again = conn
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            assert_eq!(
+                again.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            );
         }
     }
     // A client that never finishes its handshake is dropped after the timeout.
