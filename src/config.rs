@@ -105,6 +105,7 @@ pub struct Server {
     pub tls_cert: String,
     pub tls_key: String,
     pub handshake_timeout_secs: u64,
+    pub keep_alive_secs: u64,
     pub max_connections: usize,
     pub io_threads: usize,
     pub max_header_bytes: usize,
@@ -306,6 +307,7 @@ impl Settings {
                 "server.handshake_timeout_secs",
                 self.server.handshake_timeout_secs,
             ),
+            ("server.keep_alive_secs", self.server.keep_alive_secs),
             ("server.drain_secs", self.server.drain_secs),
             (
                 "server.request_timeout_secs",
@@ -485,6 +487,8 @@ mod tests {
             assert_eq!(s.auth.idle_minutes, 30);
             assert!(s.database_url().starts_with("sqlite://"));
             assert!(s.hash_threads() >= 1);
+            // A browser on the results countdown keeps its connection until 7:30.
+            assert!(s.server.keep_alive_secs > crate::results_pages::COUNTDOWN_RELOAD_SECS as u64);
             Ok(())
         });
     }

@@ -40,6 +40,8 @@ pub struct Limits {
     /// Plain HTTP also speaks HTTP/2 with prior knowledge (`server.h2c`).
     pub h2c: bool,
     pub handshake_timeout: Duration,
+    /// How long an idle HTTP/1.1 connection waits for its next request's head.
+    pub keep_alive: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub drain: Duration,
@@ -50,6 +52,7 @@ impl Limits {
         Limits {
             h2c: s.server.h2c,
             handshake_timeout: Duration::from_secs(s.server.handshake_timeout_secs),
+            keep_alive: Duration::from_secs(s.server.keep_alive_secs),
             max_connections: s.server.max_connections,
             max_header_bytes: s.server.max_header_bytes,
             drain: Duration::from_secs(s.server.drain_secs),
@@ -128,7 +131,7 @@ pub async fn serve_tls(
         .http1()
         .max_buf_size(limits.max_header_bytes.max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.keep_alive);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -141,7 +144,7 @@ pub async fn serve_tls(
     http1
         .max_buf_size(limits.max_header_bytes.max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.keep_alive);
     let http1 = Arc::new(http1);
     let h2c = limits.h2c;
     tokio::pin!(shutdown);

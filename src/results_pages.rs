@@ -186,8 +186,12 @@ fn open_for_page(state: &AppState, s: &Signed) -> Result<Arc<Release>, Box<Respo
     Err(Box::new(page))
 }
 
+/// The countdown page reloads at least this often (seconds): it keeps the session alive while
+/// the user waits, and, being shorter than `server.keep_alive_secs`, the connection too.
+pub const COUNTDOWN_RELOAD_SECS: i64 = 60;
+
 /// Before the opening time: when results open and how long is left, reloading itself at the
-/// time (and at least every minute, which keeps the session alive while the user waits).
+/// time (and at least every `COUNTDOWN_RELOAD_SECS`).
 fn countdown(state: &AppState, s: &Signed, at: time::OffsetDateTime) -> Response {
     let opens = at.unix_timestamp();
     let left = (opens - state.clock.now()).max(0);
@@ -208,7 +212,7 @@ fn countdown(state: &AppState, s: &Signed, at: time::OffsetDateTime) -> Response
             left % 60
         ),
     ];
-    p.refresh = Some(left.clamp(1, 60));
+    p.refresh = Some(left.clamp(1, COUNTDOWN_RELOAD_SECS));
     render(StatusCode::OK, &p)
 }
 

@@ -764,6 +764,25 @@ async fn throttling_treats_unknown_emails_like_real_ones() {
     assert_eq!(r.status, 401);
 }
 
+/// GET /healthz on a kept-alive HTTP/1.1 connection: the whole answer.
+async fn healthz<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
 #[tokio::test]
 async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -776,6 +795,7 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     let limits = nca_portal::http::Limits {
         h2c: false,
         handshake_timeout: Duration::from_millis(500),
+        keep_alive: Duration::from_secs(1),
         max_connections: 100,
         max_header_bytes: 16384,
         drain: Duration::from_secs(2),
@@ -822,7 +842,7 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
             );
             // The same client again: it resumes with the ticket it was given.
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let again = conn
+            let mut again = conn
                 .connect("localhost".try_into().unwrap(), tcp)
                 .await
                 .unwrap();
@@ -830,6 +850,17 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
                 again.get_ref().1.handshake_kind(),
                 Some(rustls::HandshakeKind::Resumed)
             );
+            // An idle connection is kept for its next request until the keep-alive ends.
+            for _ in 0..2 {
+                assert!(healthz(&mut again).await.starts_with("HTTP/1.1 200"));
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), again.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server after the keep-alive");
+            assert_eq!(n.unwrap_or(0), 0, "{}", String::from_utf8_lossy(&rest));
         }
     }
     // A client that never finishes its handshake is dropped after the timeout.
@@ -1137,6 +1168,7 @@ async fn connection_threads_share_one_port_and_drain_on_shutdown() {
     let limits = nca_portal::http::Limits {
         h2c: false,
         handshake_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_secs(30),
         max_connections: 64,
         max_header_bytes: 16384,
         drain: Duration::from_secs(2),

@@ -334,6 +334,9 @@ fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the results countdown page reloads itself (results_pages::COUNTDOWN_RELOAD_SECS).
+const COUNTDOWN_RELOAD: Duration = Duration::from_secs(60);
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -342,13 +345,14 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn client() -> reqwest::ClientBuilder {
     // The server's certificate is the self-signed one it generated for this test.
-    // Idle connections are dropped before the server's 30 s keep-alive ends them, as a
-    // browser's pool does: otherwise a user who waited for 7:30 can send on a connection the
+    // Idle connections are dropped before the server's keep-alive (server.keep_alive_secs,
+    // 75 s) ends them, as a browser's pool does: otherwise a user can send on a connection the
     // server is closing at that instant (seen once in 11,746 steps as "error sending request").
+    // That is longer than the countdown's reload, so a waiting user keeps its connection.
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .cookie_store(true)
-        .pool_idle_timeout(Duration::from_secs(20))
+        .pool_idle_timeout(Duration::from_secs(70))
         .timeout(Duration::from_secs(60))
 }
 
@@ -501,7 +505,7 @@ async fn step(
         }
         let ok = status == 200 && check(&body);
         record(name, status, Some(ms), ok, retried);
-        if ok && during_sign_in && !name.starts_with("sign-in") && name != "results page" {
+        if ok && during_sign_in && !name.starts_with("sign-in") && !name.ends_with(" page") {
             let waited = user.get_session_data::<Session>().is_some_and(|s| s.waited);
             let into = if waited {
                 &w.downloads_during_sign_in
@@ -627,7 +631,21 @@ async fn morning(user: &mut GooseUser) -> TransactionResult {
         account: account.clone(),
         waited,
     });
-    tokio::time::sleep_until(tokio::time::Instant::from_std(w.opens)).await;
+    // Waiting as the browser does on the countdown page: it reloads itself at least every
+    // minute (results_pages::COUNTDOWN_RELOAD_SECS), and then at 7:30.
+    loop {
+        let left = w.opens.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(COUNTDOWN_RELOAD)).await;
+        if Instant::now() < w.opens {
+            get(user, "countdown page", "/results", |b| {
+                b.windows(14).any(|x| x == b"Time remaining")
+            })
+            .await?;
+        }
+    }
     let csv = |b: &[u8]| b.starts_with(b"upn,") || b.starts_with(b"\xef\xbb\xbfupn,");
     match &account.org {
         Org::Ks2(l) => {
