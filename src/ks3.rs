@@ -335,7 +335,7 @@ fn closed_page(state: &AppState, s: &Signed, c: Closed) -> Response {
             p.notice = Some(format!(
                 "Secondary schools can look up incoming pupils from {when}. This page opens by itself then."
             ));
-            p.refresh = Some(left.clamp(1, 60));
+            p.refresh = Some(left.clamp(1, crate::results_pages::COUNTDOWN_RELOAD_SECS));
         }
         Closed::RateLimited(wait) => {
             p.errors.push((

@@ -195,11 +195,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let lead = (accounts.len() as f64 / args.sign_ins_per_sec * 0.8).max(20.0);
     let publish_secs = 10.0 + schools as f64 / 400.0;
     let opens_in = Duration::from_secs_f64(lead + publish_secs + 5.0);
-    let opens_at = time::OffsetDateTime::now_utc() + opens_in;
-    let opens = Instant::now() + opens_in;
-    let at = opens_at
-        .replace_nanosecond(0)?
-        .format(&time::format_description::well_known::Rfc3339)?;
+    // The release opens on a whole second; `opens` is that same moment on this clock.
+    let (now_utc, now) = (time::OffsetDateTime::now_utc(), Instant::now());
+    let opens_at = (now_utc + opens_in).replace_nanosecond(0)?;
+    let opens = now + Duration::try_from(opens_at - now_utc)?;
+    let at = opens_at.format(&time::format_description::well_known::Rfc3339)?;
     eprintln!("publishing with results opening at {at} (simulated 7:30)");
     sh(Command::new(&pipeline)
         .arg("publish")
@@ -639,9 +639,12 @@ async fn morning(user: &mut GooseUser) -> TransactionResult {
             break;
         }
         tokio::time::sleep(left.min(COUNTDOWN_RELOAD)).await;
-        if Instant::now() < w.opens {
+        // (Within a second of 7:30 the reload would be the results page itself.)
+        if Instant::now() + Duration::from_secs(1) < w.opens {
+            // The results countdown, or for a KS3 school the lookup page's ("not open yet").
             get(user, "countdown page", "/results", |b| {
-                b.windows(14).any(|x| x == b"Time remaining")
+                b.windows(17)
+                    .any(|x| x == b"not available yet" || x.starts_with(b"not open yet"))
             })
             .await?;
         }
