@@ -187,8 +187,8 @@ fn open_for_page(state: &AppState, s: &Signed) -> Result<Arc<Release>, Box<Respo
 }
 
 /// The countdown pages (results, and KS3 lookups) reload at least this often (seconds): they
-/// keep the session alive while the user waits, and, being shorter than
-/// `server.keep_alive_secs`, the connection too.
+/// keep the session alive while the user waits (and the connection too, where
+/// `server.keep_alive_secs` is longer).
 pub const COUNTDOWN_RELOAD_SECS: i64 = 60;
 
 /// Before the opening time: when results open and how long is left, reloading itself at the
