@@ -474,7 +474,11 @@ pub async fn save_draft(
     Ok(())
 }
 
-/// Exceptions the operator has recorded: (reopened until, gates recorded).
+/// The record key of an activity each user of `org` completes themselves.
+fn user_record_key(org: &str, uid: &str) -> String {
+    format!("{org}:{uid}")
+}
+
 /// One organisation's activity rows this cycle (its statuses, under each record key asked
 /// for, and its exceptions), read in two queries: a page that asks where every activity
 /// stands reads them once, not two or three queries per activity.
@@ -769,7 +773,7 @@ pub async fn ctx(
 /// Where an activity's records for this user in this organisation are kept.
 pub fn record_key(act: &Activity, org: &str, uid: &str) -> String {
     if act.per_user {
-        format!("{org}:{uid}")
+        user_record_key(org, uid)
     } else {
         org.to_string()
     }
@@ -1237,7 +1241,7 @@ async fn dashboard(
                 .is_some_and(|o| may_see_doc(&state, &s.user, &d.activity, o))
         })
         .collect();
-    let own_key = format!("{}:{}", org.id, s.user.uid);
+    let own_key = user_record_key(&org.id, &s.user.uid);
     let rows = OrgRows::load(&state.db, state.cycle.year, &org.id, &[&own_key]).await?;
     for act in &state.cycle.activities {
         let Some(mut st) = standing_in(&state, act, &org, &rows).await else {
