@@ -1,7 +1,10 @@
 //! The listener: accepts TCP connections up to a limit, runs each TLS handshake inside the
 //! connection's own task with a timeout, serves HTTP/1.1 and HTTP/2 (ALPN) with header limits,
-//! and on shutdown stops accepting and drains in-flight requests until a deadline.
-//! Also the plain-HTTP admin listener for Prometheus metrics.
+//! and on shutdown stops accepting and drains in-flight requests until a deadline. When every
+//! connection slot is taken, the connections idle longest are asked to close to make room
+//! (see [`connections`]). Also the plain-HTTP admin listener for Prometheus metrics.
+
+mod connections;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,11 +16,20 @@ use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use connections::{Conn, Connections};
+
+/// Idle connections asked to close at a time, at most, when every connection slot is taken
+/// (nginx reuses 32 at a time in the same case); a 64th of the slots when that is fewer.
+const RECLAIM_BATCH: usize = 32;
+
+/// File descriptors kept for everything but client connections: the database, the object
+/// store's files, the outbox, logs.
+const RESERVED_FILES: u64 = 1024;
 
 /// The client's address, put in every request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +60,16 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Fit `max_connections` under an open-file limit of `open_files` (each connection is a
+    /// file descriptor, and [`RESERVED_FILES`] are kept for the rest); returns the limit it had
+    /// when that lowered it. Past the limit, accept fails and new clients wait in the backlog
+    /// while idle connections hold every descriptor; under it, they are reclaimed.
+    pub fn fit_open_files(&mut self, open_files: u64) -> Option<usize> {
+        let room = open_files.saturating_sub(RESERVED_FILES).max(1);
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        (self.max_connections > room).then(|| std::mem::replace(&mut self.max_connections, room))
+    }
+
     pub fn from_settings(s: &crate::config::Settings) -> Limits {
         Limits {
             h2c: s.server.h2c,
@@ -125,7 +147,8 @@ pub async fn serve_tls(
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let conns = Arc::new(Connections::default());
+    let reclaim_batch = (limits.max_connections / 64).clamp(1, RECLAIM_BATCH);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -148,13 +171,14 @@ pub async fn serve_tls(
     let http1 = Arc::new(http1);
     let h2c = limits.h2c;
     tokio::pin!(shutdown);
-    loop {
-        // Wait for a free connection slot before accepting, so excess connections queue in
-        // the kernel's backlog instead of consuming memory here.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = &mut shutdown => break,
-        };
+    'accept: loop {
+        // A free connection slot is taken before accepting, so excess connections queue in
+        // the kernel's backlog instead of consuming memory here. With none free, the next
+        // client is accepted (one at a time) and the connections idle longest are asked to
+        // close for it: kept-alive browsers that may not ask again for a while. Connections
+        // with a request in flight are left alone, so look again every second while none is
+        // idle.
+        let free = permits.clone().try_acquire_owned().ok();
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -166,20 +190,37 @@ pub async fn serve_tls(
             },
             _ = &mut shutdown => break,
         };
+        let permit = match free.or_else(|| permits.clone().try_acquire_owned().ok()) {
+            Some(p) => p,
+            None => loop {
+                let asked = conns.reclaim_idle(reclaim_batch);
+                if asked > 0 {
+                    metrics::counter!("nca_connections_reclaimed_total").increment(asked as u64);
+                    tracing::debug!(asked, "every connection slot taken; closing idle ones");
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => break p.expect("semaphore never closed"),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut shutdown => break 'accept,
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let (builder, http1) = (builder.clone(), http1.clone());
-        let watcher = graceful.watcher();
+        let registered = conns.register();
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let conn = registered.conn.clone();
+            let _registered = registered;
             let Some(acceptor) = acceptor else {
                 // Plain HTTP, behind a TLS-terminating load balancer.
                 if h2c {
-                    serve_connection(TokioIo::new(stream), addr, app, &builder, watcher).await;
+                    serve_connection(TokioIo::new(stream), addr, app, &builder, conn).await;
                 } else {
-                    serve_http1(TokioIo::new(stream), addr, app, &http1, watcher).await;
+                    serve_http1(TokioIo::new(stream), addr, app, &http1, conn).await;
                 }
                 return;
             };
@@ -195,9 +236,9 @@ pub async fn serve_tls(
                 }
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_connection(TokioIo::new(tls), addr, app, &builder, watcher).await;
+                serve_connection(TokioIo::new(tls), addr, app, &builder, conn).await;
             } else {
-                serve_http1(TokioIo::new(tls), addr, app, &http1, watcher).await;
+                serve_http1(TokioIo::new(tls), addr, app, &http1, conn).await;
             }
         });
     }
@@ -206,7 +247,11 @@ pub async fn serve_tls(
         deadline_secs = limits.drain.as_secs(),
         "draining connections"
     );
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
+    // Every connection finishes the request it is answering and closes; each gives back its
+    // slot as its task ends, so holding every slot again means all have.
+    conns.close_all();
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain, permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -293,10 +338,11 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
 }
 
 /// One connection's requests into `App::handle`, with the client's address and the
-/// connection's own session memo.
+/// connection's own session memo, each marking the connection busy while it is answered.
 fn connection_service(
     app: crate::App,
     addr: SocketAddr,
+    conn: Arc<Conn>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -307,7 +353,13 @@ fn connection_service(
 + 'static {
     let memo = Arc::new(crate::auth::session::SessionMemo::default());
     hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        app.clone().handle(req, Some(addr), Some(memo.clone()))
+        let busy = conn.busy();
+        let answer = app.clone().handle(req, Some(addr), Some(memo.clone()));
+        async move {
+            let response = answer.await;
+            drop(busy);
+            response
+        }
     })
 }
 
@@ -316,13 +368,32 @@ async fn serve_connection<I>(
     addr: SocketAddr,
     app: crate::App,
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    conn: Arc<Conn>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(io, connection_service(app, addr));
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let served =
+        builder.serve_connection_with_upgrades(io, connection_service(app, addr, conn.clone()));
+    tokio::pin!(served);
+    let ended = until_closed(served, &conn, |s| s.graceful_shutdown()).await;
+    if let Err(e) = ended {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serve a connection to its end; when it is asked to close (drain, or its slot reclaimed),
+/// shut it down gracefully: the request in flight is answered, then it closes.
+async fn until_closed<F: Future>(
+    mut served: std::pin::Pin<&mut F>,
+    conn: &Conn,
+    shut_down: impl FnOnce(std::pin::Pin<&mut F>),
+) -> F::Output {
+    tokio::select! {
+        r = served.as_mut() => r,
+        _ = conn.asked_to_close() => {
+            shut_down(served.as_mut());
+            served.await
+        }
     }
 }
 
@@ -332,12 +403,14 @@ async fn serve_http1<I>(
     addr: SocketAddr,
     app: crate::App,
     builder: &hyper::server::conn::http1::Builder,
-    watcher: hyper_util::server::graceful::Watcher,
+    conn: Arc<Conn>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = connection_service(app, addr);
-    if let Err(e) = watcher.watch(builder.serve_connection(io, svc)).await {
+    let served = builder.serve_connection(io, connection_service(app, addr, conn.clone()));
+    tokio::pin!(served);
+    let ended = until_closed(served, &conn, |s| s.graceful_shutdown()).await;
+    if let Err(e) = ended {
         tracing::debug!(%addr, error = %e, "connection ended with an error");
     }
 }
@@ -381,4 +454,28 @@ pub async fn serve_admin(listener: TcpListener) -> anyhow::Result<()> {
         }),
     );
     axum::serve(listener, app).await.context("admin listener")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_fits_under_the_open_file_limit() {
+        let mut limits = Limits {
+            h2c: false,
+            handshake_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_header_bytes: 16384,
+            drain: Duration::from_secs(30),
+        };
+        assert_eq!(limits.fit_open_files(1_048_576), None);
+        assert_eq!(limits.max_connections, 20_000);
+        assert_eq!(limits.fit_open_files(20_000), Some(20_000));
+        assert_eq!(limits.max_connections, 20_000 - RESERVED_FILES as usize);
+        // A tiny limit still leaves one connection.
+        assert_eq!(limits.fit_open_files(10), Some(20_000 - 1024));
+        assert_eq!(limits.max_connections, 1);
+    }
 }

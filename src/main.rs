@@ -539,7 +539,23 @@ async fn serve(s: Settings, banner: Option<String>) -> anyhow::Result<()> {
         tracing::warn!("serving plain HTTP: only behind a TLS-terminating load balancer");
         None
     };
-    let limits = http::Limits::from_settings(&s);
+    let mut limits = http::Limits::from_settings(&s);
+    // Every connection is a file descriptor: raise the soft open-file limit as far as the
+    // hard one allows, and keep max_connections under it.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(open_files) => {
+            if let Some(asked) = limits.fit_open_files(open_files) {
+                tracing::warn!(
+                    asked,
+                    max_connections = limits.max_connections,
+                    open_files,
+                    "server.max_connections lowered to fit the open-file limit; raise the \
+                     hard limit (ulimit -Hn, systemd LimitNOFILE) to allow more"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let listen = s.listen();
     let admin = s.admin_listen();
     let io_threads = s.io_threads();

@@ -879,6 +879,64 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
 }
 
 #[tokio::test]
+async fn a_full_listener_closes_the_longest_idle_connection_for_a_new_one_and_drains_at_once() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app(Clock::System).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = nca_portal::http::Limits {
+        h2c: false,
+        handshake_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(60),
+        max_connections: 2,
+        max_header_bytes: 16384,
+        drain: Duration::from_secs(30),
+    };
+    let server = tokio::spawn(nca_portal::http::serve_tls(
+        listener,
+        None,
+        app.router.clone(),
+        limits,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    // Two kept-alive connections take both slots; the first has been idle longest.
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+    // A third client is answered long before the others' keep-alive would have ended...
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), healthz(&mut third))
+        .await
+        .expect("a new client is served when every slot holds an idle connection");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // ...because the longest-idle connection was closed, and only that one.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("the longest-idle connection is closed");
+    assert_eq!(n.unwrap_or(0), 0);
+    assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+    // Draining closes idle connections at once instead of waiting out the deadline.
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("drained well before the 30 s deadline")
+        .unwrap()
+        .unwrap();
+    for s in [&mut second, &mut third] {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the drain");
+        assert_eq!(n.unwrap_or(0), 0);
+    }
+}
+
+#[tokio::test]
 async fn orgs_import_is_rerunnable_and_bad_rows_import_nothing() {
     let app = spawn_app(Clock::System).await;
     let school = db::org(&app.state.db, SCHOOL).await.unwrap().unwrap();

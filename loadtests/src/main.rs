@@ -139,6 +139,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             b.display()
         );
     }
+    // Every simulated browser holds a connection, here and in the server (which inherits
+    // this limit): raise the soft open-file limit to the hard one.
+    let open_files = rlimit::increase_nofile_limit(u64::MAX)?;
+    eprintln!("open-file limit: {open_files} (the server keeps 1,024 of its own for other files)");
     let tmp = tempfile::tempdir()?;
     let work = args
         .work
@@ -520,6 +524,8 @@ async fn step(
         }
         return Ok(ok);
     }
+    // Refused every time: a failed step, counted as one.
+    record(name, 0, None, false, retried);
     Ok(false)
 }
 
