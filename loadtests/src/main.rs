@@ -350,13 +350,13 @@ fn free_port() -> anyhow::Result<u16> {
 fn client() -> reqwest::ClientBuilder {
     // The server's certificate is the self-signed one it generated for this test.
     // Idle connections are dropped 10 s before the server's keep-alive ends them
-    // (server.keep_alive_secs, 30 s unless NCA_SERVER__KEEP_ALIVE_SECS says otherwise), as a
+    // (server.keep_alive_secs, 75 s unless NCA_SERVER__KEEP_ALIVE_SECS says otherwise), as a
     // browser's pool does: otherwise a user can send on a connection the server is closing at
     // that instant (seen once in 11,746 steps as "error sending request").
     let keep_alive = std::env::var("NCA_SERVER__KEEP_ALIVE_SECS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(30);
+        .unwrap_or(75);
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .cookie_store(true)
