@@ -15,13 +15,10 @@
 # ROUNDS (default 3), PERF (a file: record a
 # perf profile of our server during its run), PERF_ON (https, the default, or http).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
+source "$(dirname "$0")/common.sh"
 SECS="${SECS:-10}"
 CONNS="${CONNS:-64}"
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
-fi
+need wrk nginx
 # (Two builds: `--bin bare` beside `-p nca-portal` would build only the binaries named bare.)
 if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release -q -p nca-portal -p nca-pipeline
@@ -29,15 +26,7 @@ if [ -z "${NO_BUILD:-}" ]; then
 fi
 P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
-W=$(mktemp -d /tmp/nca-downloads.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+workdir downloads
 
 echo "setting up a 100-school release in $W"
 "$P" generate --out "$W/intake" --schools 100 --seed 1 >/dev/null

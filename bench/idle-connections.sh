@@ -7,23 +7,12 @@
 #
 # Environment: CARGO_TARGET_DIR, NO_BUILD (use the binaries already built), N (default 5000).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
+source "$(dirname "$0")/common.sh"
 N="${N:-5000}"
-if ! command -v nginx >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-fi
+need nginx
 [ -z "${NO_BUILD:-}" ] && cargo build --release -q -p nca-portal
 S="$CARGO_TARGET_DIR/release/nca-portal"
-W=$(mktemp -d /tmp/nca-idle.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+workdir idle
 # Both clients' connections and the servers' must fit in this shell's open-file limit.
 ulimit -n "$(ulimit -Hn)"
 

@@ -10,26 +10,15 @@
 # Environment: CARGO_TARGET_DIR, NO_BUILD (use the binaries already built), SECS (default 10),
 # CONNS (default 64).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
+source "$(dirname "$0")/common.sh"
 SECS="${SECS:-10}"
 CONNS="${CONNS:-64}"
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
-fi
+need wrk nginx
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p nca-portal -p nca-pipeline -p nca-bench
 P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
 COLD="$CARGO_TARGET_DIR/release/coldpage"
-W=$(mktemp -d /tmp/nca-scripts.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+workdir scripts
 
 echo "setting up a 20-school release with script pages in $W"
 "$P" generate --out "$W/intake" --schools 20 --seed 1 --script-pupils 4 >/dev/null

@@ -86,7 +86,10 @@ async fn sign_in(
             Json(json!({ "error": "too many attempts", "retry_after": wait })),
         )
             .into_response(),
-        Ok(PasswordStep::Busy) => crate::protect::busy("sign-in"),
+        // No waiting page here: the queue's estimate says when to ask again.
+        Ok(PasswordStep::Busy) => {
+            crate::protect::busy_for("sign-in", state.queue.retry_after(state.clock.now()))
+        }
         Err(e) => unexpected(e),
     }
 }

@@ -460,15 +460,21 @@ pub async fn serve_admin(listener: TcpListener) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The embedded defaults alone (no config folder, no environment).
+    fn embedded_settings() -> crate::config::Settings {
+        crate::config::Settings::load_from(
+            Path::new("/nonexistent"),
+            figment::providers::Env::prefixed("NCA_NOT_READ_"),
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn max_connections_fits_under_the_open_file_limit() {
         let mut limits = Limits {
-            h2c: false,
-            handshake_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(30),
             max_connections: 20_000,
-            max_header_bytes: 16384,
-            drain: Duration::from_secs(30),
+            ..Limits::from_settings(&embedded_settings())
         };
         assert_eq!(limits.fit_open_files(1_048_576), None);
         assert_eq!(limits.max_connections, 20_000);

@@ -103,14 +103,22 @@ impl Gates {
 
 /// 503 with Retry-After: the service is at capacity for this class of request.
 pub fn busy(class: &'static str) -> Response {
+    busy_for(class, 2)
+}
+
+/// As `busy`, telling the client to wait `secs` seconds (in Retry-After and the body).
+pub fn busy_for(class: &'static str, secs: u64) -> Response {
     metrics::counter!("nca_admission_refused_total", "class" => class).increment(1);
     let mut r = (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({ "error": "the service is busy: try again in a moment" })),
+        axum::Json(serde_json::json!({
+            "error": "the service is busy: try again in a moment",
+            "retry_after": secs,
+        })),
     )
         .into_response();
     r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     r
 }
 

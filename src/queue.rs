@@ -33,6 +33,9 @@ pub const HEARTBEAT_SECS: i64 = 5;
 pub const TICKET_MAX_AGE_SECS: i64 = 3600;
 /// How often the waiting page refreshes itself.
 pub const REFRESH_SECS: i64 = 10;
+/// The longest Retry-After a refused API sign-in is given: past a minute, a client is better
+/// told to come back than to sleep on an estimate.
+pub const MAX_RETRY_AFTER_SECS: u64 = 60;
 
 /// A place in the queue, kept in the session cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -152,6 +155,18 @@ impl Queue {
             waiting,
             wait_secs: (position as f64 / rate).ceil() as i64,
         }
+    }
+
+    /// Seconds a sign-in refused now should wait before asking again (the API's Retry-After,
+    /// which has no waiting page): long enough for everyone already waiting and itself to be
+    /// hashed at the measured rate, at least 1 and at most `MAX_RETRY_AFTER_SECS`.
+    pub fn retry_after(&self, now: i64) -> u64 {
+        let Ok(q) = self.inner.lock() else {
+            return 1;
+        };
+        let ahead = q.waiting.len() + q.passes.len() + 1;
+        let secs = (ahead as f64 / self.rate(&q, now)).ceil() as u64;
+        secs.clamp(1, MAX_RETRY_AFTER_SECS)
     }
 
     /// Sign-ins a second, measured over the last minute once there are enough to measure.
@@ -332,6 +347,22 @@ mod tests {
             .unwrap();
         assert_eq!(last.0, 10, "the last of ten");
         assert!((20..=24).contains(&last.1), "about 2 s each: {last:?}");
+    }
+
+    #[test]
+    fn a_refused_api_sign_in_is_told_to_wait_for_everyone_ahead() {
+        let q = Queue::new(1);
+        q.tick(T0, 0);
+        assert_eq!(q.retry_after(T0), 1, "nobody ahead: ask again in a second");
+        for _ in 0..499 {
+            q.join(T0, None);
+        }
+        // 500 (499 waiting and itself) at the nominal 50 a second.
+        assert_eq!(q.retry_after(T0), 10);
+        for _ in 0..5000 {
+            q.join(T0, None);
+        }
+        assert_eq!(q.retry_after(T0), MAX_RETRY_AFTER_SECS, "capped");
     }
 
     #[test]

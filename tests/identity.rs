@@ -793,12 +793,11 @@ async fn tls_listener_speaks_http1_and_http2_and_drops_slow_handshakes() {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let limits = nca_portal::http::Limits {
-        h2c: false,
         handshake_timeout: Duration::from_millis(500),
         keep_alive: Duration::from_secs(1),
         max_connections: 100,
-        max_header_bytes: 16384,
         drain: Duration::from_secs(2),
+        ..nca_portal::http::Limits::from_settings(&app.state.settings)
     };
     let server = tokio::spawn(nca_portal::http::serve_tls(
         listener,
@@ -886,12 +885,11 @@ async fn a_full_listener_closes_the_longest_idle_connection_for_a_new_one_and_dr
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let limits = nca_portal::http::Limits {
-        h2c: false,
         handshake_timeout: Duration::from_secs(5),
         keep_alive: Duration::from_secs(60),
         max_connections: 2,
-        max_header_bytes: 16384,
         drain: Duration::from_secs(30),
+        ..nca_portal::http::Limits::from_settings(&app.state.settings)
     };
     let server = tokio::spawn(nca_portal::http::serve_tls(
         listener,
@@ -1106,6 +1104,36 @@ async fn account_managers_update_contact_details_and_la_users_switch_between_las
 }
 
 #[tokio::test]
+async fn a_busy_api_sign_in_is_told_to_come_back_once_everyone_waiting_could_be_through() {
+    let app = spawn_app(Clock::paused_at(1_720_500_000)).await;
+    app.user("head@a.sch.uk", SCHOOL, &[Role::AccountManager])
+        .await;
+    let now = || app.state.clock.now();
+    let gate = app.state.gates.sign_ins.clone();
+    let _held = gate
+        .clone()
+        .try_acquire_many_owned(gate.available_permits() as u32)
+        .unwrap();
+    app.state.queue.tick(now(), 0);
+    // A crowd on the waiting page worth several seconds of hashing at the nominal rate.
+    for _ in 0..200 * app.state.settings.hash_threads() {
+        app.state.queue.join(now(), None);
+    }
+    let r = Browser::default()
+        .json(
+            &app,
+            "/api/v1/sign-in",
+            serde_json::json!({"email": "head@a.sch.uk", "password": PW}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let told: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let estimate = app.state.queue.retry_after(now());
+    assert!(estimate >= 4, "200 a hashing thread take 4 s: {estimate}");
+    assert_eq!(told["retry_after"], estimate, "{}", r.body);
+}
+
+#[tokio::test]
 async fn past_hashing_capacity_sign_ins_wait_in_a_fair_queue_that_fails_open() {
     let app = spawn_app(Clock::paused_at(1_720_500_000)).await;
     app.user("head@a.sch.uk", SCHOOL, &[Role::AccountManager])
@@ -1224,12 +1252,11 @@ async fn connection_threads_share_one_port_and_drain_on_shutdown() {
         .local_addr()
         .unwrap();
     let limits = nca_portal::http::Limits {
-        h2c: false,
         handshake_timeout: Duration::from_secs(2),
         keep_alive: Duration::from_secs(30),
         max_connections: 64,
-        max_header_bytes: 16384,
         drain: Duration::from_secs(2),
+        ..nca_portal::http::Limits::from_settings(&app.state.settings)
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let serving =
