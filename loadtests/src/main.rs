@@ -384,7 +384,7 @@ fn client() -> reqwest::ClientBuilder {
         .unwrap_or(75);
     // Browsers and HTTP libraries ask for compressed bodies, and the server has every
     // download precompressed: a client that never asked would make it send (and encrypt)
-    // every file whole, a CTF 37 times its brotli size.
+    // every file whole, a school's CTF over 30 times its compressed size.
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::ACCEPT_ENCODING,
