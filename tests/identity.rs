@@ -1103,18 +1103,25 @@ async fn account_managers_update_contact_details_and_la_users_switch_between_las
     assert_eq!(r.status, 403);
 }
 
-#[tokio::test]
-async fn a_busy_api_sign_in_is_told_to_come_back_once_everyone_waiting_could_be_through() {
+/// An app on a paused clock with one account manager, every hashing place taken (the
+/// permits returned), and the admitter's pass run on that.
+async fn every_hashing_place_taken() -> (App, tokio::sync::OwnedSemaphorePermit) {
     let app = spawn_app(Clock::paused_at(1_720_500_000)).await;
     app.user("head@a.sch.uk", SCHOOL, &[Role::AccountManager])
         .await;
-    let now = || app.state.clock.now();
     let gate = app.state.gates.sign_ins.clone();
-    let _held = gate
+    let held = gate
         .clone()
         .try_acquire_many_owned(gate.available_permits() as u32)
         .unwrap();
-    app.state.queue.tick(now(), 0);
+    app.state.queue.tick(app.state.clock.now(), 0);
+    (app, held)
+}
+
+#[tokio::test]
+async fn a_busy_api_sign_in_is_told_to_come_back_once_everyone_waiting_could_be_through() {
+    let (app, _held) = every_hashing_place_taken().await;
+    let now = || app.state.clock.now();
     // A crowd on the waiting page worth several seconds of hashing at the nominal rate.
     for _ in 0..200 * app.state.settings.hash_threads() {
         app.state.queue.join(now(), None);
@@ -1135,17 +1142,9 @@ async fn a_busy_api_sign_in_is_told_to_come_back_once_everyone_waiting_could_be_
 
 #[tokio::test]
 async fn past_hashing_capacity_sign_ins_wait_in_a_fair_queue_that_fails_open() {
-    let app = spawn_app(Clock::paused_at(1_720_500_000)).await;
-    app.user("head@a.sch.uk", SCHOOL, &[Role::AccountManager])
-        .await;
+    let (app, held) = every_hashing_place_taken().await;
     let now = || app.state.clock.now();
     let gate = app.state.gates.sign_ins.clone();
-    // Every hashing place is taken; the admitter has run.
-    let held = gate
-        .clone()
-        .try_acquire_many_owned(gate.available_permits() as u32)
-        .unwrap();
-    app.state.queue.tick(now(), gate.available_permits());
 
     let (mut first, mut second) = (Browser::default(), Browser::default());
     let r = first.get(&app, "/sign-in?next=/results").await;
