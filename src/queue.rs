@@ -149,11 +149,10 @@ impl Queue {
             .copied()
             .unwrap_or(waiting)
             .min(waiting);
-        let rate = self.rate(&q, now);
         Status::Waiting {
             position,
             waiting,
-            wait_secs: (position as f64 / rate).ceil() as i64,
+            wait_secs: self.wait_secs(&q, now, position) as i64,
         }
     }
 
@@ -165,8 +164,13 @@ impl Queue {
             return 1;
         };
         let ahead = q.waiting.len() + q.passes.len() + 1;
-        let secs = (ahead as f64 / self.rate(&q, now)).ceil() as u64;
-        secs.clamp(1, MAX_RETRY_AFTER_SECS)
+        self.wait_secs(&q, now, ahead)
+            .clamp(1, MAX_RETRY_AFTER_SECS)
+    }
+
+    /// Whole seconds for `sign_ins` sign-ins to go through at the measured rate.
+    fn wait_secs(&self, q: &Inner, now: i64, sign_ins: usize) -> u64 {
+        (sign_ins as f64 / self.rate(q, now)).ceil() as u64
     }
 
     /// Sign-ins a second, measured over the last minute once there are enough to measure.
