@@ -61,6 +61,8 @@ pub struct Admission {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResultsSettings {
     pub cache_mib: u64,
+    /// Memory for schools' results pages rendered ahead of the opening time.
+    pub pages_cache_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -114,8 +114,11 @@ impl AppState {
         let hash_threads = settings.hash_threads();
         let revocations = Revocations::default();
         revocations.refresh(&db).await?;
-        let results =
-            results::Results::new(store.clone(), settings.results.cache_mib * 1024 * 1024);
+        let results = results::Results::new(
+            store.clone(),
+            settings.results.cache_mib * 1024 * 1024,
+            settings.results.pages_cache_mib * 1024 * 1024,
+        );
         if let Err(e) = results.refresh().await {
             tracing::warn!(error = %e, "no release loaded yet");
         }

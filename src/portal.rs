@@ -3,6 +3,8 @@
 //! System's look: errors re-render with 422 and an error summary, success redirects with 303.
 //! Every POST checks the session's CSRF token; every handler that needs a user takes `Signed`.
 
+use std::sync::Arc;
+
 use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
@@ -148,6 +150,8 @@ pub struct Page {
     pub table_head: Vec<String>,
     pub table_rows: Vec<Row>,
     pub links: Vec<(String, String)>,
+    /// HTML rendered earlier (`SchoolResults`), placed before `sections`.
+    pub prerendered: Option<Arc<str>>,
     pub sections: Vec<Section>,
     /// A search box (GET, parameter `q`) with its current text.
     pub search: Option<String>,

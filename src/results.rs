@@ -257,6 +257,9 @@ pub struct Results {
     current: RwLock<Option<Arc<Release>>>,
     /// By `release/path` (keys come from manifests, so a fast hasher is safe).
     cache: moka::future::Cache<Arc<str>, Bytes, foldhash::fast::RandomState>,
+    /// Parts of pages rendered from a release's objects, by `release#what`: made once, ahead
+    /// of the opening time where a user is waiting for them (`results_pages`).
+    rendered: moka::future::Cache<Arc<str>, Arc<str>, foldhash::fast::RandomState>,
     hits: std::sync::atomic::AtomicU64,
     /// The release whose late-results emails have all been sent (or claimed by another node).
     told: std::sync::Mutex<Option<String>>,
@@ -267,18 +270,27 @@ impl std::fmt::Debug for Results {
         f.debug_struct("Results")
             .field("release", &self.release().map(|r| r.id.clone()))
             .field("cached_bytes", &self.cache.weighted_size())
+            .field("rendered_bytes", &self.rendered.weighted_size())
             .finish()
     }
 }
 
 impl Results {
-    pub fn new(store: Store, cache_bytes: u64) -> Results {
+    /// `cache_bytes` for the release's objects, `rendered_bytes` for parts of pages made
+    /// from them.
+    pub fn new(store: Store, cache_bytes: u64, rendered_bytes: u64) -> Results {
         Results {
             store,
             current: RwLock::new(None),
             cache: moka::future::Cache::builder()
                 .max_capacity(cache_bytes)
                 .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .build_with_hasher(Default::default()),
+            rendered: moka::future::Cache::builder()
+                .max_capacity(rendered_bytes)
+                .weigher(|k: &Arc<str>, v: &Arc<str>| {
+                    u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX)
+                })
                 .build_with_hasher(Default::default()),
             hits: std::sync::atomic::AtomicU64::new(0),
             told: std::sync::Mutex::new(None),
@@ -364,6 +376,9 @@ impl Results {
             changes,
         });
         *self.current.write().expect("release lock poisoned") = Some(release);
+        // Pages rendered from the previous release are never shown again (their keys name
+        // it): give their memory back now rather than when they are evicted.
+        self.rendered.invalidate_all();
         tracing::info!(release = %id, "release loaded");
         Ok(true)
     }
@@ -432,6 +447,31 @@ impl Results {
     /// How many fast-path requests found their object in memory.
     pub fn cached_hits(&self) -> u64 {
         self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A part of a page made from `release`'s objects, from memory or made by `make` (once,
+    /// however many ask at once). `what` names the part within the release; a new release
+    /// has new keys, so nothing rendered from an older one is served with it.
+    pub async fn rendered(
+        &self,
+        release: &Release,
+        what: &str,
+        make: impl Future<Output = anyhow::Result<Arc<str>>>,
+    ) -> anyhow::Result<Arc<str>> {
+        let key: Arc<str> = format!("{}#{what}", release.id).into();
+        self.rendered
+            .try_get_with(key, async {
+                metrics::counter!("nca_results_pages_rendered_total").increment(1);
+                make.await
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+    }
+
+    /// Whether a part of a page for `release` is in memory now.
+    pub fn is_rendered(&self, release: &Release, what: &str) -> bool {
+        self.rendered
+            .contains_key(format!("{}#{what}", release.id).as_str())
     }
 
     /// One object of a release, from memory or (once, however many ask at once) the store.

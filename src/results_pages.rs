@@ -3,8 +3,9 @@
 //! and the school chooser for LAs, trusts and the operator. Every page checks the same rules
 //! as the downloads (`results::opened`, `results::may_see_school`) and every view of pupil
 //! data is recorded in the access log. Pages read the release's precomputed school CSV from
-//! the same memory cache as the downloads; nothing here touches the portal database except
-//! through the access log's background writer.
+//! the same memory cache as the downloads; a school's results table is rendered once per
+//! release (ahead of the opening time while its users wait) and kept in memory. Nothing here
+//! touches the portal database except through the access log's background writer.
 
 use std::sync::Arc;
 
@@ -214,7 +215,30 @@ fn countdown(state: &AppState, s: &Signed, at: time::OffsetDateTime) -> Response
         ),
     ];
     p.refresh = Some(left.clamp(1, COUNTDOWN_RELOAD_SECS));
+    if s.user.kind == OrgKind::Ks2School {
+        render_ahead(state, &s.user.org);
+    }
     render(StatusCode::OK, &p)
+}
+
+/// While a school's users wait for the opening time, render its results page's
+/// `SchoolResults` in the background (once: later reloads find it in memory).
+fn render_ahead(state: &AppState, laestab: &str) {
+    let Some(release) = state.results.release() else {
+        return;
+    };
+    if state
+        .results
+        .is_rendered(&release, &school_results_key(laestab))
+    {
+        return;
+    }
+    let (state, laestab) = (state.clone(), laestab.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = school_results(&state, &release, &laestab).await {
+            tracing::warn!(school = %laestab, error = %e, "results page not rendered ahead of opening");
+        }
+    });
 }
 
 /// The school's rows, or a page saying why there are none.
@@ -422,30 +446,55 @@ fn subject_of<'a>(sum: &'a Summary, subject: &str) -> &'a SubjectSummary {
     }
 }
 
-async fn school_view(
+/// The part of a school's results page that depends only on the release and the school:
+/// how many pupils, what changed in a late release, every pupil's results, the comparison
+/// with the LA and England, and the links to each subject.
+#[derive(Template)]
+#[template(path = "school_results.html")]
+struct SchoolResults {
+    paragraphs: Vec<String>,
+    sections: Vec<Section>,
+}
+
+/// `SchoolResults` for one school of a release, rendered once (however many ask at once) and
+/// then served from memory; empty where the release has no results for the school. The
+/// countdown page asks for it while the school's users wait, so that at the opening time the
+/// page costs a copy, not a parse and a render.
+async fn school_results(
     state: &AppState,
-    s: &Signed,
     release: &Release,
     laestab: &str,
-) -> Result<Response, AppError> {
-    let rows = school_rows(state, release, laestab).await?;
-    let label = school_label(release, laestab);
-    let mut p = Page::new(state, s, &format!("KS2 test results: {label}"));
-    if rows.is_empty() {
-        p.paragraphs = vec!["There are no results for this school in this release.".into()];
-        return Ok(render(StatusCode::OK, &p));
-    }
-    record_view(state, &s.user, release, format!("school/{laestab}")).await;
-    p.paragraphs = vec![format!(
-        "{} pupils. Test results are scaled scores from 80 to 120: 100 or more meets the expected standard and 110 or more is a high score. A letter such as A (absent) is shown where no score was awarded; what each letter means is below.",
-        rows.len()
-    )];
+) -> Result<Arc<str>, AppError> {
+    let make = async {
+        let rows = school_rows(state, release, laestab).await?;
+        if rows.is_empty() {
+            return Ok(Arc::from(""));
+        }
+        let part = SchoolResults {
+            paragraphs: vec![format!(
+                "{} pupils. Test results are scaled scores from 80 to 120: 100 or more meets the expected standard and 110 or more is a high score. A letter such as A (absent) is shown where no score was awarded; what each letter means is below.",
+                rows.len()
+            )],
+            sections: school_sections(release, laestab, &rows),
+        };
+        Ok(Arc::from(part.render()?))
+    };
+    Ok(state
+        .results
+        .rendered(release, &school_results_key(laestab), make)
+        .await?)
+}
+
+/// What a school's `SchoolResults` is kept under, within its release.
+pub fn school_results_key(laestab: &str) -> String {
+    format!("school/{laestab}")
+}
+
+/// `SchoolResults`' sections.
+fn school_sections(release: &Release, laestab: &str, rows: &[PupilRow]) -> Vec<Section> {
+    let mut sections = Vec::new();
     if let Some(changes) = release.changes.get(laestab) {
-        p.notice = Some(format!(
-            "These results were updated in the latest release: {} pupils' results changed. What changed is listed below.",
-            changes.len()
-        ));
-        p.sections.push(Section {
+        sections.push(Section {
             heading: "What changed in this release".into(),
             head: vec!["Pupil".into(), "UPN".into(), "Change".into()],
             rows: changes
@@ -495,7 +544,7 @@ async fn school_view(
         .to_vec(),
         ..Default::default()
     };
-    for r in &rows {
+    for r in rows {
         let rwm = match r.rwm.as_str() {
             "Y" => "Met",
             "N" => "Not met",
@@ -515,7 +564,7 @@ async fn school_view(
             links: vec![],
         });
     }
-    p.sections.push(table);
+    sections.push(table);
     let mut compare = Section {
         heading: "Compared with the local authority and England".into(),
         paragraphs: vec!["Percentage of pupils meeting the expected standard.".into()],
@@ -540,7 +589,7 @@ async fn school_view(
             links: vec![],
         });
     }
-    p.sections.push(compare);
+    sections.push(compare);
     let base = format!("/results/school/{laestab}");
     let mut detail = Section {
         heading: "Results by subject".into(),
@@ -560,7 +609,32 @@ async fn school_view(
         format!("{base}/science"),
         "Science teacher assessment".into(),
     ));
-    p.sections.push(detail);
+    sections.push(detail);
+    sections
+}
+
+async fn school_view(
+    state: &AppState,
+    s: &Signed,
+    release: &Release,
+    laestab: &str,
+) -> Result<Response, AppError> {
+    let part = school_results(state, release, laestab).await?;
+    let label = school_label(release, laestab);
+    let mut p = Page::new(state, s, &format!("KS2 test results: {label}"));
+    if part.is_empty() {
+        p.paragraphs = vec!["There are no results for this school in this release.".into()];
+        return Ok(render(StatusCode::OK, &p));
+    }
+    record_view(state, &s.user, release, format!("school/{laestab}")).await;
+    if let Some(changes) = release.changes.get(laestab) {
+        p.notice = Some(format!(
+            "These results were updated in the latest release: {} pupils' results changed. What changed is listed below.",
+            changes.len()
+        ));
+    }
+    p.prerendered = Some(part);
+    let base = format!("/results/school/{laestab}");
     if crate::scripts::may_see_scripts(&s.user, release, laestab) {
         let mut scripts = Section {
             heading: "Marked test scripts".into(),

@@ -604,6 +604,76 @@ async fn the_results_page_counts_down_then_shows_the_schools_pupils() {
     assert_eq!(headers[header::LOCATION], "/results/ks3");
 }
 
+#[tokio::test]
+async fn a_schools_results_are_rendered_while_its_users_wait_and_shown_only_at_the_opening() {
+    let (state, router, _dir) = app().await;
+    let release = state.results.release().unwrap();
+    let key = nca_portal::results_pages::school_results_key;
+    let rendered = |laestab: &str| state.results.is_rendered(&release, &key(laestab));
+    assert!(!rendered("9992001") && !rendered("9992002"));
+    // An LA waiting on its countdown renders nothing ahead; a school's user waiting on its
+    // countdown renders that school's part of the page, and no other school's.
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    assert!(
+        text(&router, "/results", &la)
+            .await
+            .1
+            .contains("not available yet")
+    );
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    let (status, page) = text(&router, "/results", &school).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("not available yet"), "{page}");
+    for _ in 0..100 {
+        if rendered("9992001") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(rendered("9992001"), "rendered while the school waits");
+    assert!(!rendered("9992002"), "only the waiting school's");
+    // Rendered is not shown: the embargo holds, on the page and on the school's page route.
+    let (_, page) = text(&router, "/results/school/9992001", &school).await;
+    assert!(!page.contains("P999200113001") && page.contains("not available yet"));
+
+    // (Hours pass: everyone signs in again, as the idle time-out asks.)
+    state.clock.advance(OPENS - START);
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    let (status, page) = text(&router, "/results", &school).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("P999200113001") && page.contains("Ann Able"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("9992002"),
+        "another school's data is not on the page"
+    );
+    // The same rendered part serves everyone who may see the school, around what is theirs.
+    let table = |p: &str| {
+        let start = p.find("Results by pupil").unwrap_or_else(|| panic!("{p}"));
+        p[start..start + p[start..].find("Results by subject").unwrap()].to_string()
+    };
+    let operator = sign_in(&state, &router, "operator@sta.gov.uk").await;
+    let (_, for_operator) = text(&router, "/results/school/9992001", &operator).await;
+    assert_eq!(table(&page), table(&for_operator));
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    let (_, for_la) = text(&router, "/results/school/9992001", &la).await;
+    assert_eq!(table(&page), table(&for_la));
+    // Each view is still recorded, whoever's it is.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for org in ["9992001", "operator", "999"] {
+        let log = nca_portal::db::audit_rows(&state.db, Some(org), 50)
+            .await
+            .unwrap();
+        assert!(
+            log.iter()
+                .any(|r| r.2 == "results-viewed" && r.3.ends_with("school/9992001")),
+            "{org}: {log:?}"
+        );
+    }
+}
+
 #[test]
 fn the_openapi_document_describes_every_api_route() {
     let doc: serde_json::Value = serde_json::from_str(nca_portal::api::OPENAPI).unwrap();
@@ -815,6 +885,11 @@ async fn late_results_email_the_account_managers_once_and_the_page_says_what_cha
         nca_portal::email::latest_in_outbox(&outbox, to).is_some_and(|(s, _)| s.contains("updated"))
     };
     assert!(!told("manager@a.sch.uk"));
+
+    // Viewed (and so rendered and kept) before the late release: the new release's page is
+    // not the old one's.
+    let (_, page) = text(&router, "/results", &school).await;
+    assert!(page.contains("P999200113001") && !page.contains("What changed in this release"));
 
     let intake = tempfile::tempdir().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
