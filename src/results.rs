@@ -458,9 +458,8 @@ impl Results {
         what: &str,
         make: impl Future<Output = anyhow::Result<Arc<str>>>,
     ) -> anyhow::Result<Arc<str>> {
-        let key: Arc<str> = format!("{}#{what}", release.id).into();
         self.rendered
-            .try_get_with(key, async {
+            .try_get_with(rendered_key(release, what), async {
                 metrics::counter!("nca_results_pages_rendered_total").increment(1);
                 make.await
             })
@@ -470,8 +469,7 @@ impl Results {
 
     /// Whether a part of a page for `release` is in memory now.
     pub fn is_rendered(&self, release: &Release, what: &str) -> bool {
-        self.rendered
-            .contains_key(format!("{}#{what}", release.id).as_str())
+        self.rendered.contains_key(&rendered_key(release, what))
     }
 
     /// One object of a release, from memory or (once, however many ask at once) the store.
@@ -498,6 +496,11 @@ impl Results {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         Ok(Some(bytes))
     }
+}
+
+/// What `Results::rendered` keeps a part of a page under: its release, then the part.
+fn rendered_key(release: &Release, what: &str) -> Arc<str> {
+    format!("{}#{what}", release.id).into()
 }
 
 /// Keep the loaded release in step with the store's `CURRENT`, and tell schools whose
