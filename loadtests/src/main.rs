@@ -97,7 +97,7 @@ struct World {
     last_waiting_done: Mutex<Duration>,
     last_done: Mutex<Duration>,
     /// Compressed bodies to inflate and check, by the checker thread (`check_compressed`).
-    compressed: Mutex<std::sync::mpsc::Sender<Option<Compressed>>>,
+    compressed: std::sync::mpsc::Sender<Option<Compressed>>,
 }
 
 /// A compressed answer whose check waits for the checker thread. A real client inflates on
@@ -109,6 +109,8 @@ struct Compressed {
     encoding: String,
     body: Vec<u8>,
     ms: f64,
+    /// The step was refused (429/503) before this answer.
+    retried: bool,
     check: Check,
 }
 
@@ -285,7 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         late_downloads_during_sign_in: Mutex::new(Vec::new()),
         last_waiting_done: Mutex::new(Duration::ZERO),
         last_done: Mutex::new(Duration::ZERO),
-        compressed: Mutex::new(to_check),
+        compressed: to_check,
     });
     let _ = WORLD.set(world.clone());
     let checker = {
@@ -337,7 +339,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();
     // Every answer is checked before the summary counts it.
-    let _ = world.compressed.lock().expect("checks").send(None);
+    let _ = world.compressed.send(None);
     let _ = checker.join();
     let exited = server.0.try_wait()?;
     server.stop();
@@ -559,6 +561,9 @@ fn check_compressed(
         let s = steps.entry(c.name).or_default();
         s.ok = s.ok.saturating_sub(1);
         s.failed += 1;
+        if c.retried {
+            s.retried_ok = s.retried_ok.saturating_sub(1);
+        }
         if let Some(i) = s.latencies.iter().position(|&x| x == c.ms) {
             s.latencies.swap_remove(i);
         }
@@ -626,9 +631,10 @@ async fn step(
                     encoding,
                     body: body.to_vec(),
                     ms,
+                    retried,
                     check: Box::new(check),
                 };
-                let _ = w.compressed.lock().expect("checks").send(Some(later));
+                let _ = w.compressed.send(Some(later));
                 true
             }
             _ => status == 200 && opening(None, &body).is_some_and(|b| check(&b)),
@@ -1072,6 +1078,10 @@ mod tests {
             let s: &mut Step = s.entry("school CSV").or_default();
             s.ok += 1;
             s.latencies.push(ms);
+            if ms == 2.0 {
+                s.retried += 1;
+                s.retried_ok += 1;
+            }
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let csv = |b: &[u8]| b.starts_with(b"upn,");
@@ -1086,6 +1096,7 @@ mod tests {
                 encoding: encoding.into(),
                 body: body.to_vec(),
                 ms,
+                retried: ms == 2.0,
                 check: Box::new(csv),
             };
             tx.send(Some(c)).unwrap();
@@ -1095,6 +1106,11 @@ mod tests {
         let steps = steps.lock().unwrap();
         let s = &steps["school CSV"];
         assert_eq!((s.ok, s.failed), (1, 2));
+        assert_eq!(
+            (s.retried, s.retried_ok),
+            (1, 0),
+            "a retried step whose answer fails its check did not finally succeed"
+        );
         assert_eq!(
             s.latencies,
             vec![1.0],
