@@ -17,6 +17,7 @@ pub mod ks3;
 pub mod orgs;
 pub mod pdf;
 pub mod portal;
+pub mod prerendered;
 pub mod protect;
 pub mod queue;
 pub mod results;

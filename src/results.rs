@@ -27,6 +27,7 @@ use crate::auth::session::{Signed, SignedIn};
 use crate::db;
 use crate::http::ClientAddr;
 use crate::ks3::{Closed, Ks3Query, MAX_PUPILS as KS3_MAX_PUPILS};
+use crate::prerendered::Prerendered;
 
 /// A loaded release: its manifest and which LA and trust each school belongs to.
 #[derive(Debug)]
@@ -259,7 +260,7 @@ pub struct Results {
     cache: moka::future::Cache<Arc<str>, Bytes, foldhash::fast::RandomState>,
     /// Parts of pages rendered from a release's objects, by `release#what`: made once, ahead
     /// of the opening time where a user is waiting for them (`results_pages`).
-    rendered: moka::future::Cache<Arc<str>, Arc<str>, foldhash::fast::RandomState>,
+    rendered: moka::future::Cache<Arc<str>, Arc<Prerendered>, foldhash::fast::RandomState>,
     hits: std::sync::atomic::AtomicU64,
     /// The release whose late-results emails have all been sent (or claimed by another node).
     told: std::sync::Mutex<Option<String>>,
@@ -288,8 +289,8 @@ impl Results {
                 .build_with_hasher(Default::default()),
             rendered: moka::future::Cache::builder()
                 .max_capacity(rendered_bytes)
-                .weigher(|k: &Arc<str>, v: &Arc<str>| {
-                    u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX)
+                .weigher(|k: &Arc<str>, v: &Arc<Prerendered>| {
+                    u32::try_from(k.len() + v.bytes()).unwrap_or(u32::MAX)
                 })
                 .build_with_hasher(Default::default()),
             hits: std::sync::atomic::AtomicU64::new(0),
@@ -450,18 +451,19 @@ impl Results {
     }
 
     /// A part of a page made from `release`'s objects, from memory or made by `make` (once,
-    /// however many ask at once). `what` names the part within the release; a new release
-    /// has new keys, so nothing rendered from an older one is served with it.
+    /// however many ask at once) and compressed then. `what` names the part within the
+    /// release; a new release has new keys, so nothing rendered from an older one is served
+    /// with it.
     pub async fn rendered(
         &self,
         release: &Release,
         what: &str,
-        make: impl Future<Output = anyhow::Result<Arc<str>>>,
-    ) -> anyhow::Result<Arc<str>> {
+        make: impl Future<Output = anyhow::Result<String>>,
+    ) -> anyhow::Result<Arc<Prerendered>> {
         self.rendered
             .try_get_with(rendered_key(release, what), async {
                 metrics::counter!("nca_results_pages_rendered_total").increment(1);
-                make.await
+                Ok::<_, anyhow::Error>(Arc::new(Prerendered::new(make.await?)))
             })
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -1036,29 +1038,10 @@ fn plan(
         return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
     // The precompressed variant the client accepts, best first (the file itself always).
-    let accepts = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    // A coding is refused by a zero weight (`q=0`, `q=0.0`, `Q=0.000`).
-    let refused = |q: &str| {
-        let q = q.trim();
-        q.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
-            && q[2..].trim().parse::<f32>() == Ok(0.0)
-    };
-    let accepts = |enc: &str| {
-        accepts.split(',').any(|p| {
-            let mut parts = p.trim().split(';');
-            parts
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case(enc))
-                && !parts.any(refused)
-        })
-    };
     let Some(variant) = download
         .variants
         .iter()
-        .position(|v| v.encoding.is_none_or(accepts))
+        .position(|v| v.encoding.is_none_or(|enc| accepts_encoding(headers, enc)))
     else {
         return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
@@ -1069,6 +1052,27 @@ fn plan(
         variant,
         not_modified,
         now,
+    })
+}
+
+/// Whether the request's Accept-Encoding names `enc` (a content coding such as "gzip") without
+/// refusing it by a zero weight (`q=0`, `q=0.0`, `Q=0.000`).
+pub(crate) fn accepts_encoding(headers: &HeaderMap, enc: &str) -> bool {
+    let accepts = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let refused = |q: &str| {
+        let q = q.trim();
+        q.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
+            && q[2..].trim().parse::<f32>() == Ok(0.0)
+    };
+    accepts.split(',').any(|p| {
+        let mut parts = p.trim().split(';');
+        parts
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case(enc))
+            && !parts.any(refused)
     })
 }
 

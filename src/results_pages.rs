@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use nca_pipeline::outputs::{SubjectSummary, Summary};
@@ -23,7 +24,8 @@ use crate::auth::roles::{Action, OrgKind};
 use crate::auth::session::{Signed, SignedIn};
 use crate::error::AppError;
 use crate::portal::{Page, Row, Section, render};
-use crate::results::{AuditEvent, Refusal, Release, may_see_school, opened};
+use crate::prerendered::Prerendered;
+use crate::results::{AuditEvent, Refusal, Release, accepts_encoding, may_see_school, opened};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -291,6 +293,7 @@ struct Search {
 async fn results_home(
     State(state): State<AppState>,
     s: Signed,
+    headers: HeaderMap,
     Query(search): Query<Search>,
 ) -> Result<Response, AppError> {
     if s.user.kind == OrgKind::Ks3School {
@@ -302,7 +305,7 @@ async fn results_home(
         Err(page) => return Ok(*page),
     };
     if s.user.kind == OrgKind::Ks2School {
-        return school_view(&state, &s, &release, &s.user.org.clone()).await;
+        return school_view(&state, &s, &headers, &release, &s.user.org.clone()).await;
     }
     let mine = |la: &str, trust: &Option<String>| match s.user.kind {
         OrgKind::La => la == s.user.org,
@@ -393,6 +396,7 @@ async fn results_home(
 async fn school_page(
     State(state): State<AppState>,
     s: Signed,
+    headers: HeaderMap,
     Path(laestab): Path<String>,
 ) -> Result<Response, AppError> {
     s.require(Action::ViewResults)?;
@@ -403,7 +407,7 @@ async fn school_page(
     if !may_see_school(&s.user, &release, &laestab) {
         return Err(AppError::Forbidden);
     }
-    school_view(&state, &s, &release, &laestab).await
+    school_view(&state, &s, &headers, &release, &laestab).await
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -459,16 +463,16 @@ struct SchoolResults {
 /// `SchoolResults` for one school of a release, rendered once (however many ask at once) and
 /// then served from memory; empty where the release has no results for the school. The
 /// countdown page asks for it while the school's users wait, so that at the opening time the
-/// page costs a copy, not a parse and a render.
+/// page costs a copy (or, gzip-compressed, a splice), not a parse, a render and a compression.
 async fn school_results(
     state: &AppState,
     release: &Release,
     laestab: &str,
-) -> Result<Arc<str>, AppError> {
+) -> Result<Arc<Prerendered>, AppError> {
     let make = async {
         let rows = school_rows(state, release, laestab).await?;
         if rows.is_empty() {
-            return Ok(Arc::from(""));
+            return Ok(String::new());
         }
         let part = SchoolResults {
             paragraphs: vec![format!(
@@ -477,7 +481,7 @@ async fn school_results(
             )],
             sections: school_sections(release, laestab, &rows),
         };
-        Ok(Arc::from(part.render()?))
+        Ok(part.render()?)
     };
     Ok(state
         .results
@@ -616,13 +620,14 @@ fn school_sections(release: &Release, laestab: &str, rows: &[PupilRow]) -> Vec<S
 async fn school_view(
     state: &AppState,
     s: &Signed,
+    headers: &HeaderMap,
     release: &Release,
     laestab: &str,
 ) -> Result<Response, AppError> {
     let part = school_results(state, release, laestab).await?;
     let label = school_label(release, laestab);
     let mut p = Page::new(state, s, &format!("KS2 test results: {label}"));
-    if part.is_empty() {
+    if part.html.is_empty() {
         p.paragraphs = vec!["There are no results for this school in this release.".into()];
         return Ok(render(StatusCode::OK, &p));
     }
@@ -633,7 +638,6 @@ async fn school_view(
             changes.len()
         ));
     }
-    p.prerendered = Some(part);
     let base = format!("/results/school/{laestab}");
     if crate::scripts::may_see_scripts(&s.user, release, laestab) {
         let mut scripts = Section {
@@ -700,7 +704,43 @@ async fn school_view(
             .collect(),
         ..Default::default()
     });
-    Ok(render(StatusCode::OK, &p))
+    Ok(page_with_part(p, &part, headers))
+}
+
+/// Where a part rendered ahead goes when its page is cut around it: a comment, which nothing
+/// else on the page can contain (the template escapes every `<` of what it is given).
+const PART_MARK: &str = "<!--nca:prerendered-->";
+
+/// The page with `part` in its place: gzip-compressed when the browser accepts it (the page's
+/// own bytes stored around the part's deflate, made when the part was rendered), as it is
+/// otherwise. Either way the page is rendered once, with the mark, and cut there.
+fn page_with_part(mut p: Page, part: &Prerendered, headers: &HeaderMap) -> Response {
+    p.prerendered = Some(PART_MARK.into());
+    let html = match p.render() {
+        Ok(html) => html,
+        Err(e) => return AppError::Unexpected(e.into()).into_response(),
+    };
+    let Some((head, tail)) = html.split_once(PART_MARK) else {
+        return AppError::Unexpected(anyhow::anyhow!("the results page lost its part's mark"))
+            .into_response();
+    };
+    let mut r = if accepts_encoding(headers, "gzip") {
+        let mut r = Response::new(Body::from(
+            part.gzip_around(head.as_bytes(), tail.as_bytes()),
+        ));
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        Response::new(Body::from([head, &part.html, tail].concat()))
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    r
 }
 
 /// One subject in detail: every pupil's raw score, scaled score and outcome, and the

@@ -674,6 +674,60 @@ async fn a_schools_results_are_rendered_while_its_users_wait_and_shown_only_at_t
     }
 }
 
+#[tokio::test]
+async fn a_schools_results_page_is_sent_gzipped_to_a_browser_that_accepts_it_and_reads_the_same() {
+    let (state, router, _dir) = app().await;
+    state.clock.advance(OPENS - START);
+    let school = sign_in(&state, &router, "school@a.sch.uk").await;
+    let la = sign_in(&state, &router, "la@la.gov.uk").await;
+    let asking = |path: &str, cookie: &str, enc: &str| {
+        Request::get(path)
+            .header(header::COOKIE, cookie)
+            .header(header::ACCEPT_ENCODING, enc)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (path, cookie) in [
+        ("/results", &school),
+        ("/results/school/9992001", &school),
+        ("/results/school/9992001", &la),
+    ] {
+        let (status, h, plain) = send(&router, asking(path, cookie, "identity")).await;
+        assert_eq!(status, 200);
+        assert!(h.get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(h[header::VARY], "Accept-Encoding");
+        let plain = String::from_utf8(plain).unwrap();
+        assert!(
+            plain.contains("Ann Able") && plain.contains("Sign out"),
+            "{plain}"
+        );
+        for enc in ["gzip, deflate, br, zstd", "GZIP;q=0.5"] {
+            let (status, h, body) = send(&router, asking(path, cookie, enc)).await;
+            assert_eq!(status, 200);
+            assert_eq!(h[header::CONTENT_ENCODING], "gzip", "{path} {enc}");
+            assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+            assert_eq!(h[header::VARY], "Accept-Encoding");
+            let mut page = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut page)
+                .unwrap_or_else(|e| panic!("{path}: not gzip: {e}"));
+            // The same page, byte for byte: the signed-in user's own parts and the school's.
+            assert_eq!(page, plain, "{path}");
+            assert!(
+                body.len() < plain.len(),
+                "{} of {}",
+                body.len(),
+                plain.len()
+            );
+        }
+        // A coding refused by weight zero, or not named, is not used.
+        for enc in ["gzip;q=0", "br", ""] {
+            let (_, h, body) = send(&router, asking(path, cookie, enc)).await;
+            assert!(h.get(header::CONTENT_ENCODING).is_none(), "{path} {enc}");
+            assert_eq!(String::from_utf8(body).unwrap(), plain);
+        }
+    }
+}
+
 #[test]
 fn the_openapi_document_describes_every_api_route() {
     let doc: serde_json::Value = serde_json::from_str(nca_portal::api::OPENAPI).unwrap();

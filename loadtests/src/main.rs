@@ -89,15 +89,26 @@ struct World {
     ks3_matched: AtomicUsize,
     /// Per step: latencies (ms) of successful requests, and final outcomes.
     steps: Mutex<HashMap<&'static str, Step>>,
-    /// Downloads made while sign-ins were running: by organisations that had signed in
-    /// before 7:30 and waited (the 7:30 burst), and by those that signed in after 7:30.
-    downloads_during_sign_in: Mutex<Vec<f64>>,
-    late_downloads_during_sign_in: Mutex<Vec<f64>>,
+    during_sign_in: DuringSignIn,
     /// When the last organisation that was waiting at 7:30 had all its files.
     last_waiting_done: Mutex<Duration>,
     last_done: Mutex<Duration>,
     /// Compressed bodies to inflate and check, by the checker thread (`check_compressed`).
     compressed: std::sync::mpsc::Sender<Option<Compressed>>,
+}
+
+/// Latencies (ms) of downloads made while sign-ins were running: by organisations that had
+/// signed in before 7:30 and waited (the 7:30 burst), and by those that signed in after 7:30.
+#[derive(Default)]
+struct DuringSignIn {
+    burst: Mutex<Vec<f64>>,
+    late: Mutex<Vec<f64>>,
+}
+
+impl DuringSignIn {
+    fn list(&self, waited: bool) -> &Mutex<Vec<f64>> {
+        if waited { &self.burst } else { &self.late }
+    }
 }
 
 /// A compressed answer whose check waits for the checker thread. A real client inflates on
@@ -111,6 +122,9 @@ struct Compressed {
     ms: f64,
     /// The step was refused (429/503) before this answer.
     retried: bool,
+    /// The list of downloads while sign-ins ran that its latency went into, if any
+    /// (`DuringSignIn::list`).
+    listed: Option<bool>,
     check: Check,
 }
 
@@ -283,8 +297,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ks3_asked: AtomicUsize::new(0),
         ks3_matched: AtomicUsize::new(0),
         steps: Mutex::new(HashMap::new()),
-        downloads_during_sign_in: Mutex::new(Vec::new()),
-        late_downloads_during_sign_in: Mutex::new(Vec::new()),
+        during_sign_in: DuringSignIn::default(),
         last_waiting_done: Mutex::new(Duration::ZERO),
         last_done: Mutex::new(Duration::ZERO),
         compressed: to_check,
@@ -294,7 +307,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let world = world.clone();
         std::thread::Builder::new()
             .name("body-checker".into())
-            .spawn(move || check_compressed(&world.steps, &checks))?
+            .spawn(move || check_compressed(&world.steps, &world.during_sign_in, &checks))?
     };
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
@@ -544,9 +557,11 @@ fn watch_outbox(world: &World, watching: &std::sync::atomic::AtomicBool) {
 
 /// Inflate and check compressed answers as they come, at the lowest CPU priority, so that
 /// while the server is busy this thread waits; a body that fails its check turns its step
-/// from ok to failed. Ends at `None`.
+/// from ok to failed, and its latency leaves the step's and any list of downloads while
+/// sign-ins ran. Ends at `None`.
 fn check_compressed(
     steps: &Mutex<HashMap<&'static str, Step>>,
+    during_sign_in: &DuringSignIn,
     checks: &std::sync::mpsc::Receiver<Option<Compressed>>,
 ) {
     // (On Linux a thread has its own nice value: `None` is this thread.)
@@ -564,10 +579,22 @@ fn check_compressed(
         if c.retried {
             s.retried_ok = s.retried_ok.saturating_sub(1);
         }
-        if let Some(i) = s.latencies.iter().position(|&x| x == c.ms) {
-            s.latencies.swap_remove(i);
+        let drop_from = |l: &mut Vec<f64>| {
+            if let Some(i) = l.iter().position(|&x| x == c.ms) {
+                l.swap_remove(i);
+            }
+        };
+        drop_from(&mut s.latencies);
+        if let Some(waited) = c.listed {
+            drop_from(&mut during_sign_in.list(waited).lock().expect("lat"));
         }
     }
+}
+
+/// An opened results page (a school's results, or an LA's list of schools), not the
+/// countdown: judged by its start, which is all a compressed body's check inflates.
+fn results_page(b: &[u8]) -> bool {
+    b.starts_with(b"<!DOCTYPE html>") && !b.windows(17).any(|x| x == b"not available yet")
 }
 
 /// Send one step's request, retrying 429 and 503 after their Retry-After; record the outcome.
@@ -622,6 +649,9 @@ async fn step(
             continue;
         }
         let check = check.take().expect("checked once: the loop ends here");
+        // A download while sign-ins run goes in the burst's list or the late arrivals'.
+        let listed = (during_sign_in && !name.starts_with("sign-in") && !name.ends_with(" page"))
+            .then(|| user.get_session_data::<Session>().is_some_and(|s| s.waited));
         let ok = match encoding {
             Some(encoding) if status == 200 => {
                 // Counted as an answer now; the checker takes it back if it does not inflate
@@ -632,6 +662,7 @@ async fn step(
                     body: body.to_vec(),
                     ms,
                     retried,
+                    listed,
                     check: Box::new(check),
                 };
                 let _ = w.compressed.send(Some(later));
@@ -640,14 +671,8 @@ async fn step(
             _ => status == 200 && opening(None, &body).is_some_and(|b| check(&b)),
         };
         record(name, status, Some(ms), ok, retried);
-        if ok && during_sign_in && !name.starts_with("sign-in") && !name.ends_with(" page") {
-            let waited = user.get_session_data::<Session>().is_some_and(|s| s.waited);
-            let into = if waited {
-                &w.downloads_during_sign_in
-            } else {
-                &w.late_downloads_during_sign_in
-            };
-            into.lock().expect("lat").push(ms);
+        if let Some(waited) = listed.filter(|_| ok) {
+            w.during_sign_in.list(waited).lock().expect("lat").push(ms);
         }
         return Ok(ok);
     }
@@ -818,7 +843,7 @@ async fn morning(user: &mut GooseUser) -> TransactionResult {
                 |b| b.starts_with(b"<?xml"),
             )
             .await?;
-            get(user, "results page", "/results", |b| !b.is_empty()).await?;
+            get(user, "results page", "/results", results_page).await?;
         }
         Org::La(c) => {
             get(
@@ -828,7 +853,7 @@ async fn morning(user: &mut GooseUser) -> TransactionResult {
                 |b| !b.is_empty(),
             )
             .await?;
-            get(user, "results page", "/results", |b| !b.is_empty()).await?;
+            get(user, "results page", "/results", results_page).await?;
         }
         Org::Trust(u) => {
             get(
@@ -947,8 +972,8 @@ fn summarise(
         v.sort_by(f64::total_cmp);
         v
     };
-    let burst = sorted(&world.downloads_during_sign_in);
-    let late = sorted(&world.late_downloads_during_sign_in);
+    let burst = sorted(&world.during_sign_in.burst);
+    let late = sorted(&world.during_sign_in.late);
     let mut during: Vec<f64> = burst.iter().chain(&late).copied().collect();
     during.sort_by(f64::total_cmp);
     writeln!(out)?;
@@ -1068,6 +1093,23 @@ mod tests {
     }
 
     #[test]
+    fn an_opened_results_page_is_told_from_the_countdown_by_its_start() {
+        let opened = format!(
+            "<!DOCTYPE html>\n<html><h1>KS2 test results</h1>{}",
+            "<tr></tr>".repeat(5_000)
+        );
+        let countdown = "<!DOCTYPE html>\n<html><p>Results are not available yet.</p>";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(opened.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(results_page(opened.as_bytes()));
+        assert!(results_page(&opening(Some("gzip"), &gz).unwrap()));
+        assert!(!results_page(countdown.as_bytes()));
+        assert!(!results_page(b"upn,surname\n"));
+        assert!(!results_page(b""));
+    }
+
+    #[test]
     fn a_compressed_answer_that_fails_its_check_later_turns_its_step_to_failed() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(b"upn,surname\n").unwrap();
@@ -1097,12 +1139,17 @@ mod tests {
                 body: body.to_vec(),
                 ms,
                 retried: ms == 2.0,
+                // The first two were downloads in the 7:30 burst, while sign-ins ran.
+                listed: (ms < 3.0).then_some(true),
                 check: Box::new(csv),
             };
             tx.send(Some(c)).unwrap();
         }
         tx.send(None).unwrap();
-        check_compressed(&steps, &rx);
+        let during = DuringSignIn::default();
+        during.burst.lock().unwrap().extend([1.0, 2.0]);
+        during.late.lock().unwrap().push(3.0); // another step's, with the same latency
+        check_compressed(&steps, &during, &rx);
         let steps = steps.lock().unwrap();
         let s = &steps["school CSV"];
         assert_eq!((s.ok, s.failed), (1, 2));
@@ -1115,6 +1162,16 @@ mod tests {
             s.latencies,
             vec![1.0],
             "only the answer that passed keeps its latency"
+        );
+        assert_eq!(
+            *during.burst.lock().unwrap(),
+            vec![1.0],
+            "nor in the burst's list"
+        );
+        assert_eq!(
+            *during.late.lock().unwrap(),
+            vec![3.0],
+            "a list it was not in keeps its own"
         );
     }
 }
