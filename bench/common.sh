@@ -5,7 +5,12 @@
 #  - `need TOOL...` installs the Debian packages named after the tools it lacks;
 #  - `workdir NAME` makes the throwaway folder $W and a trap that, on exit, stops every
 #    process in `pids` and the nginx whose pid file is in $W, then removes $W;
-#  - `port` prints a free local TCP port.
+#  - `port` prints a free local TCP port;
+#  - `add_bench_user LAESTAB` adds bench@school.sch.uk (password $PW) to that school, and
+#    `sign_in BASE_URL` signs it in (password, then the code from the outbox) and prints its
+#    session cookie. A session is re-issued once it is a minute old (a browser takes the new
+#    cookie; wrk keeps sending the old one, which would send every later request the long
+#    way), so each wrk run should start with a fresh sign-in.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nca-portal-target}"
 
@@ -27,3 +32,19 @@ cleanup() {
 }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PW='Tr0ubadour&Bells-42'
+add_bench_user() {
+  "$S" users add --email bench@school.sch.uk --org "$1" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null
+}
+sign_in() {
+  local j="$W/cookies-$RANDOM"
+  curl -sk -c "$j" -b "$j" -H 'content-type: application/json' \
+    -d "{\"email\":\"bench@school.sch.uk\",\"password\":\"$PW\"}" "$1/api/v1/sign-in" >/dev/null
+  local code
+  code=$(grep -ho 'code is [0-9]\{6\}' $(ls -t "$W"/data/outbox/*.eml | head -1) | head -1 | awk '{print $3}')
+  curl -sk -c "$j" -b "$j" -H 'content-type: application/json' \
+    -d "{\"code\":\"$code\"}" "$1/api/v1/sign-in/mfa" >/dev/null
+  echo "nca_session=$(awk '$6 == "nca_session" {print $7}' "$j")"
+  rm -f "$j"
+}

@@ -35,8 +35,7 @@ echo "setting up a 100-school release in $W"
 # The largest school file, for a body near the 16 KiB of the brief's anchor.
 CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -E "/[0-9]{7}\.csv$" | awk "NR == 1")
 LAESTAB=$(basename "$CSV" .csv)
-PW='Tr0ubadour&Bells-42'
-"$S" users add --email bench@school.sch.uk --org "$LAESTAB" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null
+add_bench_user "$LAESTAB"
 mkdir -p "$W/static"
 cp "$CSV" "$W/static/school.csv"
 echo "school $LAESTAB, CSV of $(stat -c %s "$CSV") bytes"
@@ -53,21 +52,8 @@ NCA_SERVER__TLS=false "$S" serve --data-dir "$W/data" --listen "127.0.0.1:$OURS_
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$OURS_HTTP/healthz" >/dev/null && break; sleep 0.1; done
 
-# Sign in: password, then the code from the outbox. A session is re-issued once it is a minute
-# old (a browser takes the new cookie; wrk keeps sending the old one, which would send every
-# later request the long way), so each of our runs starts with a fresh sign-in.
-sign_in() {
-  local j="$W/cookies"
-  rm -f "$j"
-  curl -sk -c "$j" -b "$j" -H 'content-type: application/json' \
-    -d "{\"email\":\"bench@school.sch.uk\",\"password\":\"$PW\"}" "https://127.0.0.1:$OURS_TLS/api/v1/sign-in" >/dev/null
-  local code
-  code=$(grep -ho 'code is [0-9]\{6\}' $(ls -t "$W"/data/outbox/*.eml | head -1) | head -1 | awk '{print $3}')
-  curl -sk -c "$j" -b "$j" -H 'content-type: application/json' \
-    -d "{\"code\":\"$code\"}" "https://127.0.0.1:$OURS_TLS/api/v1/sign-in/mfa" >/dev/null
-  echo "nca_session=$(awk '$6 == "nca_session" {print $7}' "$j")"
-}
-COOKIE=$(sign_in)
+# (A fresh sign-in for each of our runs: see common.sh.)
+COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
 ROUTE="/api/v1/results/school/$LAESTAB.csv"
 got=$(curl -sk -H "Cookie: $COOKIE" "https://127.0.0.1:$OURS_TLS$ROUTE" | sha256sum)
 want=$(sha256sum <"$CSV")
@@ -185,14 +171,14 @@ for r in $(seq "$ROUNDS"); do
   b_tls=$(run "bare hyper HTTPS" "https://127.0.0.1:$BARE_TLS/")
   bh_tls=$(run "bare+headers HTTPS" "https://127.0.0.1:$BARE_H_TLS/")
   profile https
-  COOKIE=$(sign_in)
+  COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
   o_tls=$(run "nca-portal HTTPS" "https://127.0.0.1:$OURS_TLS$ROUTE" "$COOKIE")
   n_http=$(run "nginx HTTP (static)" "http://127.0.0.1:$NGINX_HTTP/school.csv")
   nh_http=$(run "nginx+headers HTTP" "http://127.0.0.1:$NGINX_H_HTTP/school.csv")
   b_http=$(run "bare hyper HTTP" "http://127.0.0.1:$BARE_HTTP/")
   bh_http=$(run "bare+headers HTTP" "http://127.0.0.1:$BARE_H_HTTP/")
   profile http
-  COOKIE=$(sign_in)
+  COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
   o_http=$(run "nca-portal HTTP" "http://127.0.0.1:$OURS_HTTP$ROUTE" "$COOKIE")
   # Columns: for HTTPS then HTTP, ours/nginx, bare/nginx, bare+headers/nginx,
   # ours/(nginx+headers), ours/(bare+headers).

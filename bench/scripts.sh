@@ -28,8 +28,7 @@ echo "setting up a 20-school release with script pages in $W"
 read -r UPN PAPER < <(awk -F, 'NR == 2 {print $1, $2}' "$W/intake/scripts.csv")
 LAESTAB=$(awk -F, -v u="$UPN" '$1 == u {print $2}' "$W/intake/pupils.csv")
 NPAGES=$(awk -F, -v u="$UPN" -v p="$PAPER" '$1 == u && $2 == p' "$W/intake/scripts.csv" | wc -l)
-PW='Tr0ubadour&Bells-42'
-"$S" users add --email bench@school.sch.uk --org "$LAESTAB" --role general-user --password "$PW" --data-dir "$W/data" >/dev/null
+add_bench_user "$LAESTAB"
 mkdir -p "$W/static"
 for n in $(seq 1 "$NPAGES"); do
   cp "$W/intake/pages/scripts/2025/$LAESTAB/$UPN/$PAPER/$(printf %02d "$n").png" "$W/static/$n.png"
@@ -45,16 +44,6 @@ NCA_ADMIN__LISTEN= "$S" serve --data-dir "$W/data" --listen "127.0.0.1:$OURS" >"
 pids+=($!)
 for _ in $(seq 100); do curl -skf "https://127.0.0.1:$OURS/healthz" >/dev/null && break; sleep 0.1; done
 
-sign_in() { # base-url
-  local J="$W/cookies-$RANDOM"
-  curl -sk -c "$J" -b "$J" -H 'content-type: application/json' \
-    -d "{\"email\":\"bench@school.sch.uk\",\"password\":\"$PW\"}" "$1/api/v1/sign-in" >/dev/null
-  local CODE
-  CODE=$(grep -ho 'code is [0-9]\{6\}' $(ls -t "$W"/data/outbox/*.eml | head -1) | head -1 | awk '{print $3}')
-  curl -sk -c "$J" -b "$J" -H 'content-type: application/json' \
-    -d "{\"code\":\"$CODE\"}" "$1/api/v1/sign-in/mfa" >/dev/null
-  echo "nca_session=$(awk '$6 == "nca_session" {print $7}' "$J")"
-}
 COOKIE=$(sign_in "https://127.0.0.1:$OURS")
 PAGE="/scripts/$LAESTAB/$UPN/$PAPER/pages"
 got=$(curl -sk -H "Cookie: $COOKIE" "https://127.0.0.1:$OURS$PAGE/1" | sha256sum)
