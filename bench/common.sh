@@ -6,6 +6,9 @@
 #  - `workdir NAME` makes the throwaway folder $W and a trap that, on exit, stops every
 #    process in `pids` and the nginx whose pid file is in $W, then removes $W;
 #  - `port` prints a free local TCP port;
+#  - `largest_school_release` publishes a 100-school release (open now) into $W/data, imports
+#    its organisations, sets CSV and LAESTAB to its largest school's file and code, and adds
+#    the bench user there;
 #  - `add_bench_user LAESTAB` adds bench@school.sch.uk (password $PW) to that school, and
 #    `sign_in BASE_URL` signs it in (password, then the code from the outbox) and prints its
 #    session cookie. A session is re-issued once it is a minute old (a browser takes the new
@@ -47,4 +50,13 @@ sign_in() {
     -d "{\"code\":\"$code\"}" "$1/api/v1/sign-in/mfa" >/dev/null
   echo "nca_session=$(awk '$6 == "nca_session" {print $7}' "$j")"
   rm -f "$j"
+}
+largest_school_release() {
+  echo "setting up a 100-school release in $W"
+  "$P" generate --out "$W/intake" --schools 100 --seed 1 >/dev/null
+  "$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
+  "$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
+  CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -E "/[0-9]{7}\.csv$" | awk "NR == 1")
+  LAESTAB=$(basename "$CSV" .csv)
+  add_bench_user "$LAESTAB"
 }

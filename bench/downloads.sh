@@ -28,14 +28,8 @@ P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
 workdir downloads
 
-echo "setting up a 100-school release in $W"
-"$P" generate --out "$W/intake" --schools 100 --seed 1 >/dev/null
-"$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
-"$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
-# The largest school file, for a body near the 16 KiB of the brief's anchor.
-CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -E "/[0-9]{7}\.csv$" | awk "NR == 1")
-LAESTAB=$(basename "$CSV" .csv)
-add_bench_user "$LAESTAB"
+# The largest school: its file is near the 16 KiB of the brief's anchor.
+largest_school_release
 mkdir -p "$W/static"
 cp "$CSV" "$W/static/school.csv"
 echo "school $LAESTAB, CSV of $(stat -c %s "$CSV") bytes"

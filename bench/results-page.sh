@@ -19,14 +19,8 @@ P="$CARGO_TARGET_DIR/release/nca-pipeline"
 S="$CARGO_TARGET_DIR/release/nca-portal"
 workdir results-page
 
-echo "setting up a 100-school release in $W"
-"$P" generate --out "$W/intake" --schools 100 --seed 1 >/dev/null
-"$P" publish "$W/intake" --store "$W/data/store" --opens-at now --ks3-opens-at now >/dev/null
-"$S" orgs import "$W/intake" --data-dir "$W/data" >/dev/null
-# The largest school's file, so its page is the largest.
-CSV=$(ls -S "$W"/data/store/releases/*/school/*.csv | grep -E "/[0-9]{7}\.csv$" | awk "NR == 1")
-LAESTAB=$(basename "$CSV" .csv)
-add_bench_user "$LAESTAB"
+# The largest school: its page is the largest.
+largest_school_release
 
 export NCA_ADMIN__LISTEN= NCA_RATE_LIMITS__PER_USER_PER_MINUTE=1000000000 \
   NCA_RATE_LIMITS__PER_ORG_PER_MINUTE=1000000000 NCA_RATE_LIMITS__PER_IP_PER_MINUTE=1000000000 \
