@@ -150,7 +150,9 @@ pub struct Page {
     pub table_head: Vec<String>,
     pub table_rows: Vec<Row>,
     pub links: Vec<(String, String)>,
-    /// HTML rendered earlier (`SchoolResults`), placed before `sections`.
+    /// HTML rendered earlier (`SchoolResults`), placed before `sections`, unescaped. The
+    /// results page puts a mark here instead (`results_pages::PART_MARK`) and splices the
+    /// part in at the mark, so that its compressed form can be sent as it is.
     pub prerendered: Option<Arc<str>>,
     pub sections: Vec<Section>,
     /// A search box (GET, parameter `q`) with its current text.
