@@ -187,6 +187,6 @@ m() { awk -v c="$1" '{print $c}' "$R" | median; }
 for p in "HTTPS 0 1.3" "HTTP 5 1.0"; do
   set -- $p
   awk -v name="$1" -v t="$3" -v r="$(m $(($2 + 1)))" -v b="$(m $(($2 + 2)))" -v bh="$(m $(($2 + 3)))" -v onh="$(m $(($2 + 4)))" -v obh="$(m $(($2 + 5)))" \
-    'BEGIN { printf "%-6s ours / nginx = %.2f, median of the rounds (target %.1f): %s; bare hyper / nginx = %.2f\n", name ":", r, t, (r >= t ? "met" : "NOT met"), b
+    'BEGIN { printf "%-6s ours / nginx = %.3f, median of the rounds (target %.1f): %s; bare hyper / nginx = %.2f\n", name ":", r, t, (r >= t ? "met" : "NOT met"), b
              printf "       with our headers (context): bare+headers / nginx = %.2f; ours / (nginx+headers) = %.2f; ours / (bare+headers) = %.2f\n", bh, onh, obh }'
 done
