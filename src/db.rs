@@ -2,8 +2,6 @@
 //! SQLite (WAL) by default, PostgreSQL by URL: the SQL here is portable (numbered `$n`
 //! parameters, TEXT and BIGINT only). Never used on the results hot path.
 
-use std::collections::HashMap;
-
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
@@ -557,8 +555,13 @@ pub async fn access_batch(db: &Db, rows: &[Access]) -> sqlx::Result<()> {
 }
 
 /// One row per distinct record, with how many times it occurred, in first-seen order.
+/// Hashed with foldhash (seeded per process): this runs once for every download, and
+/// SipHash over the record's strings cost more than the rest of the writer
+/// (bench/instructions.sh); a batch holds at most `AUDIT_BATCH` records, all made by the
+/// server from signed-in sessions, so there are few keys for anyone to choose.
 fn coalesce(rows: &[Access]) -> Vec<(i64, &str, &str, &str, &str, u64)> {
-    let mut at: HashMap<(i64, &str, &str, &str, &str), usize> = HashMap::new();
+    let mut at: foldhash::HashMap<(i64, &str, &str, &str, &str), usize> =
+        foldhash::HashMap::default();
     let mut out: Vec<(i64, &str, &str, &str, &str, u64)> = Vec::new();
     for a in rows {
         let key = (a.at, &*a.actor, &*a.org_id, a.action, &*a.target);

@@ -399,15 +399,13 @@ impl App {
         let start = std::time::Instant::now();
         let (mut parts, body) = req.into_parts();
         let ip = addr.map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
-        if let Some(mut resp) =
-            results::fast_download(&self.state, &parts, ip, memo.as_deref()).await
-        {
+        if let Some(resp) = results::fast_download(&self.state, &parts, ip, memo.as_deref()).await {
             let id = parts
                 .headers
                 .get(&REQUEST_ID)
                 .cloned()
                 .unwrap_or_else(RequestIds::next);
-            resp.headers_mut().insert(REQUEST_ID, id);
+            let resp = results::with_request_id(resp, id);
             FAST_METRICS.observe(resp.status(), start);
             return Ok(security_headers(resp).await);
         }

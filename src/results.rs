@@ -187,7 +187,22 @@ fn ok_headers(
     for (name, value) in crate::DOWNLOAD_HEADERS.iter().cloned() {
         h.insert(name, HeaderValue::from_static(value));
     }
+    // Room for the request's id, which whoever sends the response writes over
+    // (`with_request_id`): a clone of a HeaderMap has no spare capacity, and growing it for
+    // one more header cost more than the rest of building the response
+    // (bench/instructions.sh).
+    h.insert(crate::REQUEST_ID, HeaderValue::from_static(REQUEST_ID_ROOM));
     h
+}
+
+/// The placeholder request id of a download's prebuilt headers (see `ok_headers`).
+const REQUEST_ID_ROOM: &str = "-";
+
+/// Put the request's id on a download's response, over the placeholder of its prebuilt
+/// headers (in place: the map does not grow).
+pub(crate) fn with_request_id(mut resp: Response, id: HeaderValue) -> Response {
+    resp.headers_mut().insert(crate::REQUEST_ID, id);
+    resp
 }
 
 /// What a download's 200 and 304 both say about caching: its ETag, that a browser keeps it
@@ -1038,11 +1053,11 @@ fn plan(
         return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
     // The precompressed variant the client accepts, best first (the file itself always).
-    let Some(variant) = download
-        .variants
-        .iter()
-        .position(|v| v.encoding.is_none_or(|enc| accepts_encoding(headers, enc)))
-    else {
+    let accepts = accept_encoding(headers);
+    let Some(variant) = download.variants.iter().position(|v| {
+        v.encoding
+            .is_none_or(|enc| accepts.is_some_and(|a| accepts_coding(a, enc)))
+    }) else {
         return Err(Refusal::Error(StatusCode::NOT_FOUND, "no such download"));
     };
     let not_modified = if_none_match(headers, &download.variants[variant].etag);
@@ -1058,10 +1073,18 @@ fn plan(
 /// Whether the request's Accept-Encoding names `enc` (a content coding such as "gzip") without
 /// refusing it by a zero weight (`q=0`, `q=0.0`, `Q=0.000`).
 pub(crate) fn accepts_encoding(headers: &HeaderMap, enc: &str) -> bool {
-    let accepts = headers
+    accept_encoding(headers).is_some_and(|a| accepts_coding(a, enc))
+}
+
+/// The request's Accept-Encoding, when it sends a readable one (looked up once per request).
+fn accept_encoding(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+}
+
+/// Whether an Accept-Encoding value names `enc` without refusing it (see `accepts_encoding`).
+fn accepts_coding(accepts: &str, enc: &str) -> bool {
     let refused = |q: &str| {
         let q = q.trim();
         q.get(..2).is_some_and(|k| k.eq_ignore_ascii_case("q="))
@@ -1097,7 +1120,8 @@ impl Plan {
     }
 
     /// The response: the file's bytes (None for 304 Not Modified) with its headers, all
-    /// worked out when the release was loaded.
+    /// worked out when the release was loaded. A 200's `x-request-id` is a placeholder the
+    /// caller replaces (`with_request_id`).
     fn respond(&self, bytes: Option<Bytes>) -> Response {
         let v = self.chosen();
         let Some(bytes) = bytes else {
@@ -1157,7 +1181,12 @@ async fn download(
     }
     let path = &plan.chosen().path;
     match state.results.object(&plan.release, path).await {
-        Ok(Some(bytes)) => plan.respond(Some(bytes)),
+        // The router's request-id layer keeps an id a response already has, so the
+        // placeholder is replaced here by the one it gave the request.
+        Ok(Some(bytes)) => match headers.get(crate::REQUEST_ID) {
+            Some(id) => with_request_id(plan.respond(Some(bytes)), id.clone()),
+            None => plan.respond(Some(bytes)),
+        },
         Ok(None) => error(StatusCode::NOT_FOUND, "no such download"),
         Err(e) => unavailable(&e, path),
     }

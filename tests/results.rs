@@ -291,6 +291,15 @@ async fn downloads_use_precompressed_variants_with_strong_etags() {
     }
 }
 
+/// The request with the client's own request id, which every answer keeps.
+fn with_id(mut r: Request<Body>) -> Request<Body> {
+    r.headers_mut().insert(
+        "x-request-id",
+        header::HeaderValue::from_static("client-id-7"),
+    );
+    r
+}
+
 /// The results fast path (ahead of the router) must answer exactly as the router's handlers
 /// do: same status, headers and bytes for every user, route, encoding and revalidation.
 #[tokio::test]
@@ -353,7 +362,28 @@ async fn the_fast_path_answers_exactly_as_the_router_does() {
                     "{email} {route} {enc}"
                 );
                 assert_eq!(sb.as_ref(), fb.as_slice(), "{email} {route} {enc}");
-                assert!(fh.contains_key("x-request-id"));
+                // Each answer carries its request's own id (a download's prebuilt headers
+                // hold a placeholder for it, which must never reach the client).
+                for (path, h) in [("router", &sh), ("fast path", &fh)] {
+                    let id = h["x-request-id"].to_str().unwrap();
+                    assert!(
+                        id.len() > 8 && id.contains('-') && id != "-",
+                        "{path}: {id}"
+                    );
+                }
+                assert_ne!(sh["x-request-id"], fh["x-request-id"]);
+                for (path, answer) in [
+                    (
+                        "router",
+                        router.clone().oneshot(with_id(req())).await.unwrap(),
+                    ),
+                    (
+                        "fast path",
+                        app.clone().oneshot(with_id(req())).await.unwrap(),
+                    ),
+                ] {
+                    assert_eq!(answer.headers()["x-request-id"], "client-id-7", "{path}");
+                }
                 assert_eq!(fh[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
                 if let Some(etag) = fh.get(header::ETAG) {
                     let mut r = req();

@@ -274,18 +274,34 @@ impl SessionMemo {
 /// None unless there is exactly one: the cookie jar the router reads keeps the last of two,
 /// and the fast path must never key a session by a value that was not the one decrypted.
 fn raw_session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let mut values = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| {
-            c.trim_ascii()
-                .strip_prefix(SESSION_COOKIE)?
-                .strip_prefix('=')
-        });
-    let value = values.next()?;
-    values.next().is_none().then_some(value)
+    // Every download asks this, and a session cookie is a few hundred bytes: the pairs are
+    // found with memchr's vector search rather than a char-by-char split.
+    let mut found = None;
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(mut rest) = std::str::from_utf8(v.as_bytes()) else {
+            continue;
+        };
+        loop {
+            let (pair, more) = match memchr::memchr(b';', rest.as_bytes()) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let value = pair
+                .trim_ascii()
+                .strip_prefix(SESSION_COOKIE)
+                .and_then(|r| r.strip_prefix('='));
+            if let Some(value) = value
+                && found.replace(value).is_some()
+            {
+                return None;
+            }
+            match more {
+                Some(m) => rest = m,
+                None => break,
+            }
+        }
+    }
+    found
 }
 
 /// Decrypted sessions of the fast path, by the cookie's exact (encrypted) value: decrypting
@@ -429,5 +445,48 @@ pub fn check_csrf(expected: &str, given: &str) -> Result<(), crate::error::AppEr
         Ok(())
     } else {
         Err(crate::error::AppError::Csrf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&[u8]]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for v in values {
+            h.append(
+                header::COOKIE,
+                axum::http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_raw_session_cookie_is_the_one_value_sent_under_its_name() {
+        let one = |v: &[&[u8]]| raw_session_cookie(&cookies(v)).map(str::to_string);
+        assert_eq!(one(&[b"nca_session=abc"]), Some("abc".into()));
+        assert_eq!(
+            one(&[b"theme=dark;  nca_session=abc ; lang=en"]),
+            Some("abc".into())
+        );
+        assert_eq!(
+            one(&[b"theme=dark", b"x=1; nca_session=a+b/c=="]),
+            Some("a+b/c==".into())
+        );
+        // Names that only start or end like it, and no cookie at all.
+        assert_eq!(one(&[b"nca_session_old=abc; my_nca_session=d"]), None);
+        assert_eq!(one(&[b"nca_session"]), None);
+        assert_eq!(one(&[]), None);
+        // Two values, in one header or in two: none (the router's jar keeps the last).
+        assert_eq!(one(&[b"nca_session=a; nca_session=b"]), None);
+        assert_eq!(one(&[b"nca_session=a", b"nca_session=b"]), None);
+        // A header that is not UTF-8 is skipped, as the jar skips it.
+        assert_eq!(
+            one(&[b"x=\xff\xfe; nca_session=a", b"nca_session=b"]),
+            Some("b".into())
+        );
+        assert_eq!(one(&[b"nca_session="]), Some(String::new()));
     }
 }
