@@ -1,11 +1,13 @@
-# Shared set-up of the side-by-side bench scripts (downloads.sh, scripts.sh,
-# idle-connections.sh), sourced after `set -euo pipefail`:
+# Shared set-up of the side-by-side bench scripts (downloads.sh, instructions.sh,
+# scripts.sh, idle-connections.sh, results-page.sh), sourced after `set -euo pipefail`:
 #  - works from the repository's root, with CARGO_TARGET_DIR defaulting to a folder kept
 #    outside the clone;
 #  - `need TOOL...` installs the Debian packages named after the tools it lacks;
 #  - `workdir NAME` makes the throwaway folder $W and a trap that, on exit, stops every
 #    process in `pids` and the nginx whose pid file is in $W, then removes $W;
 #  - `port` prints a free local TCP port;
+#  - `server_and_bare` builds (unless NO_BUILD is set) the release server, pipeline and
+#    bench/src/bin/bare.rs, and sets P, S and BARE to them;
 #  - `largest_school_release` publishes a 100-school release (open now) into $W/data, imports
 #    its organisations, sets CSV and LAESTAB to its largest school's file and code, and adds
 #    the bench user there;
@@ -32,6 +34,17 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
   rm -rf "$W"
+}
+
+server_and_bare() {
+  # (Two builds: `--bin bare` beside `-p nca-portal` would build only the binaries named bare.)
+  if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release -q -p nca-portal -p nca-pipeline
+    cargo build --release -q -p nca-bench --bin bare
+  fi
+  P="$CARGO_TARGET_DIR/release/nca-pipeline"
+  S="$CARGO_TARGET_DIR/release/nca-portal"
+  BARE="$CARGO_TARGET_DIR/release/bare"
 }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

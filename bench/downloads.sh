@@ -19,13 +19,7 @@ source "$(dirname "$0")/common.sh"
 SECS="${SECS:-10}"
 CONNS="${CONNS:-64}"
 need wrk nginx
-# (Two builds: `--bin bare` beside `-p nca-portal` would build only the binaries named bare.)
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -q -p nca-portal -p nca-pipeline
-  cargo build --release -q -p nca-bench --bin bare
-fi
-P="$CARGO_TARGET_DIR/release/nca-pipeline"
-S="$CARGO_TARGET_DIR/release/nca-portal"
+server_and_bare
 workdir downloads
 
 # The largest school: its file is near the 16 KiB of the brief's anchor.
@@ -105,7 +99,6 @@ $(cat "$W/nginx-headers.conf")
 EOF
 nginx -c "$W/nginx.conf" -p "$W" -g 'user root;'
 
-BARE="$CARGO_TARGET_DIR/release/bare"
 BARE_TLS=$(port)
 "$BARE" --listen "127.0.0.1:$BARE_TLS" --file "$CSV" --cert "$W/data/tls/cert.pem" --key "$W/data/tls/key.pem" &
 pids+=($!)

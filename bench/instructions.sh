@@ -21,13 +21,7 @@ source "$(dirname "$0")/common.sh"
 N="${N:-2000}"
 WARM=200
 need valgrind curl
-if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -q -p nca-portal -p nca-pipeline
-  cargo build --release -q -p nca-bench --bin bare
-fi
-P="$CARGO_TARGET_DIR/release/nca-pipeline"
-S="$CARGO_TARGET_DIR/release/nca-portal"
-BARE="$CARGO_TARGET_DIR/release/bare"
+server_and_bare
 workdir instructions
 largest_school_release
 echo "school $LAESTAB, CSV of $(stat -c %s "$CSV") bytes; $N requests measured on one connection"
