@@ -1241,7 +1241,14 @@ pub async fn fast_download(
             None
         }
     };
-    if let Err(wait) = state.limits.check_keys(&session.uid, &session.org, ip) {
+    let ip_limit = match memo {
+        Some(m) => m.ip_limiter(&state.limits, ip),
+        None => state.limits.ip(ip),
+    };
+    if let Err(wait) = state
+        .limits
+        .check_held(&session.user_limit, &session.org_limit, &ip_limit)
+    {
         return Some(crate::protect::too_many(wait));
     }
     let plan = match plan {

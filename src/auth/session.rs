@@ -220,10 +220,14 @@ pub fn signed_in_as_is(
         Some(s) => s,
         None => {
             let user = decode(state, headers)?.user?;
+            let org: Arc<str> = user.org.as_str().into();
+            let uid: Arc<str> = user.uid.as_str().into();
             let s = Arc::new(FastSession {
                 actor: user.email.as_str().into(),
-                org: user.org.as_str().into(),
-                uid: user.uid.as_str().into(),
+                user_limit: state.limits.user(&uid),
+                org_limit: state.limits.org(&org),
+                org,
+                uid,
                 user,
             });
             if let Some(r) = raw {
@@ -239,14 +243,17 @@ pub fn signed_in_as_is(
     (current && !s.user.must_change).then_some(s)
 }
 
-/// A session as the fast path keeps it: the user, and the shared strings its access records
-/// and rate limits are keyed by, made once per session rather than once per request.
+/// A session as the fast path keeps it: the user, the shared strings its access records are
+/// keyed by, and its user's and organisation's rate limiters, found once per session rather
+/// than once per request.
 #[derive(Debug)]
 pub struct FastSession {
     pub user: SignedIn,
     pub actor: Arc<str>,
     pub org: Arc<str>,
     pub uid: Arc<str>,
+    pub user_limit: Arc<crate::protect::Limiter>,
+    pub org_limit: Arc<crate::protect::Limiter>,
 }
 
 /// The last session a connection's requests carried, by the cookie's exact (encrypted) value:
@@ -254,8 +261,13 @@ pub struct FastSession {
 /// connection, so comparing it with the last one finds the session without hashing the cookie
 /// or asking the shared cache. Like the cache it holds no authority of its own (the standing
 /// is checked on every request), and it holds one session, for the connection's lifetime.
+/// It also keeps the rate limiter of the IP its last request came from (a connection's
+/// requests come from one address, or through one balancer).
 #[derive(Debug, Default)]
-pub struct SessionMemo(std::sync::Mutex<Option<(Box<str>, Arc<FastSession>)>>);
+pub struct SessionMemo(
+    std::sync::Mutex<Option<(Box<str>, Arc<FastSession>)>>,
+    std::sync::Mutex<Option<(std::net::IpAddr, Arc<crate::protect::Limiter>)>>,
+);
 
 impl SessionMemo {
     fn get(&self, raw: &str) -> Option<Arc<FastSession>> {
@@ -267,6 +279,24 @@ impl SessionMemo {
 
     fn set(&self, raw: &str, session: &Arc<FastSession>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((raw.into(), session.clone()));
+    }
+
+    /// The rate limiter of `ip`, kept from the connection's last request when it came from
+    /// the same address.
+    pub fn ip_limiter(
+        &self,
+        limits: &crate::protect::Limits,
+        ip: std::net::IpAddr,
+    ) -> Arc<crate::protect::Limiter> {
+        let mut last = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((kept, l)) if *kept == ip => l.clone(),
+            _ => {
+                let l = limits.ip(ip);
+                *last = Some((ip, l.clone()));
+                l
+            }
+        }
     }
 }
 

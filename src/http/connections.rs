@@ -19,8 +19,9 @@ use tokio::sync::Notify;
 pub(crate) struct Conn {
     /// Requests being answered now.
     in_flight: AtomicU32,
-    /// When a request last started or finished (or the connection was accepted), in
-    /// milliseconds since the table was made.
+    /// When a request last finished (or the connection was accepted), in milliseconds since
+    /// the table was made. Only idle connections' times are compared, so a request's start
+    /// need not be recorded (one clock read a request, not two).
     last_active_ms: AtomicU64,
     /// Set once it has been asked to close.
     closing: AtomicBool,
@@ -38,7 +39,6 @@ impl Conn {
     /// Mark a request started; the guard marks it finished when dropped.
     pub(crate) fn busy(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
         Busy(self.clone())
     }
 
