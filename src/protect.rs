@@ -78,7 +78,6 @@ impl<K: std::hash::Hash + Eq + Clone> Registry<K> {
 }
 
 /// Download rate limits, per user, organisation and IP.
-#[derive(Clone)]
 pub struct Limits(Arc<Shared>);
 
 struct Shared {
@@ -133,13 +132,13 @@ impl Limits {
     }
 
     /// The limiter for a user (by uid), to keep and check with `check_held`.
-    pub fn user(&self, uid: &Arc<str>) -> Arc<Limiter> {
-        self.0.user.get(&**uid, || uid.clone(), self.epoch())
+    pub fn user(&self, uid: &str) -> Arc<Limiter> {
+        self.0.user.get(uid, || uid.into(), self.epoch())
     }
 
     /// The limiter for an organisation (by id).
-    pub fn org(&self, org: &Arc<str>) -> Arc<Limiter> {
-        self.0.org.get(&**org, || org.clone(), self.epoch())
+    pub fn org(&self, org: &str) -> Arc<Limiter> {
+        self.0.org.get(org, || org.into(), self.epoch())
     }
 
     /// The limiter for an IP address.
@@ -149,10 +148,7 @@ impl Limits {
 
     /// Ok, or the whole seconds to wait (at least 1) before the request could succeed.
     pub fn check(&self, user: &str, org: &str, ip: IpAddr) -> Result<(), u64> {
-        let epoch = self.epoch();
-        let user = self.0.user.get(user, || user.into(), epoch);
-        let org = self.0.org.get(org, || org.into(), epoch);
-        self.check_held(&user, &org, &self.ip(ip))
+        self.check_held(&self.user(user), &self.org(org), &self.ip(ip))
     }
 
     /// As `check`, with the limiters already in hand (the fast path keeps them). The IP is
@@ -276,11 +272,10 @@ mod tests {
     #[test]
     fn holders_of_one_key_share_its_cell() {
         let l = limits(2, 100, 100);
-        let uid: Arc<str> = "u1".into();
         // Two sessions of one user, each keeping the user's limiter, and the router's path
         // looking it up by key: one user's allowance, not three.
-        let (a, b) = (l.user(&uid), l.user(&"u1".into()));
-        let org = l.org(&"o1".into());
+        let (a, b) = (l.user("u1"), l.user("u1"));
+        let org = l.org("o1");
         let ip = l.ip(IP);
         assert!(l.check_held(&a, &org, &ip).is_ok());
         assert!(l.check_held(&b, &org, &ip).is_ok());
@@ -305,7 +300,7 @@ mod tests {
     #[test]
     fn sweeps_drop_only_limiters_nobody_holds_that_have_been_idle_a_whole_minute() {
         let l = limits(1, 100, 100);
-        let held = l.user(&"held".into());
+        let held = l.user("held");
         assert!(l.check("idle", "o1", IP).is_ok());
         assert_eq!(l.kept(), (2, 1, 1));
         // One and two sweeps later the idle user's cell may still be refilling: kept, and
@@ -321,7 +316,7 @@ mod tests {
         l.sweep();
         // Idle since three sweeps began (60 s at least): dropped; the held one stays.
         assert_eq!(l.kept(), (1, 0, 0));
-        assert!(Arc::ptr_eq(&held, &l.user(&"held".into())));
+        assert!(Arc::ptr_eq(&held, &l.user("held")));
         drop(held);
         for _ in 0..3 {
             l.sweep();

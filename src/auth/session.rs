@@ -220,14 +220,11 @@ pub fn signed_in_as_is(
         Some(s) => s,
         None => {
             let user = decode(state, headers)?.user?;
-            let org: Arc<str> = user.org.as_str().into();
-            let uid: Arc<str> = user.uid.as_str().into();
             let s = Arc::new(FastSession {
                 actor: user.email.as_str().into(),
-                user_limit: state.limits.user(&uid),
-                org_limit: state.limits.org(&org),
-                org,
-                uid,
+                org: user.org.as_str().into(),
+                user_limit: state.limits.user(&user.uid),
+                org_limit: state.limits.org(&user.org),
                 user,
             });
             if let Some(r) = raw {
@@ -251,7 +248,6 @@ pub struct FastSession {
     pub user: SignedIn,
     pub actor: Arc<str>,
     pub org: Arc<str>,
-    pub uid: Arc<str>,
     pub user_limit: Arc<crate::protect::Limiter>,
     pub org_limit: Arc<crate::protect::Limiter>,
 }
