@@ -11,8 +11,12 @@
 # cost of those headers alone shows apart from the cost of the checks: bare hyper with them,
 # and nginx with them (add_header).
 #
+# With BASE (the path of another nca-portal binary, an earlier build say), that binary serves
+# the same data too and runs in every round after ours, and ours/base is reported: an A/B of
+# two builds with the same anchors, seconds apart.
+#
 # Environment: CARGO_TARGET_DIR, NO_BUILD (use the binaries already built), SECS (default 10), CONNS (default 64),
-# ROUNDS (default 3), PERF (a file: record a
+# ROUNDS (default 3), BASE, PERF (a file: record a
 # perf profile of our server during its run), PERF_ON (https, the default, or http).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -40,6 +44,18 @@ NCA_SERVER__TLS=false "$S" serve --data-dir "$W/data" --listen "127.0.0.1:$OURS_
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$OURS_HTTP/healthz" >/dev/null && break; sleep 0.1; done
 
+if [ -n "${BASE:-}" ]; then
+  BASE_TLS=$(port)
+  "$BASE" serve --data-dir "$W/data" --listen "127.0.0.1:$BASE_TLS" >"$W/base-tls.log" 2>&1 &
+  pids+=($!)
+  BASE_HTTP=$(port)
+  NCA_SERVER__TLS=false "$BASE" serve --data-dir "$W/data" --listen "127.0.0.1:$BASE_HTTP" >"$W/base-http.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    curl -skf "https://127.0.0.1:$BASE_TLS/healthz" >/dev/null && curl -sf "http://127.0.0.1:$BASE_HTTP/healthz" >/dev/null && break
+    sleep 0.1
+  done
+fi
 # (A fresh sign-in for each of our runs: see common.sh.)
 COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
 ROUTE="/api/v1/results/school/$LAESTAB.csv"
@@ -167,6 +183,14 @@ for r in $(seq "$ROUNDS"); do
   profile http
   COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
   o_http=$(run "nca-portal HTTP" "http://127.0.0.1:$OURS_HTTP$ROUTE" "$COOKIE")
+  if [ -n "${BASE:-}" ]; then
+    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+    base_tls=$(run "base HTTPS" "https://127.0.0.1:$BASE_TLS$ROUTE" "$COOKIE")
+    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+    base_http=$(run "base HTTP" "http://127.0.0.1:$BASE_HTTP$ROUTE" "$COOKIE")
+    echo "$o_tls $base_tls $o_http $base_http" | awk '{ printf "%.3f %.3f\n", $1 / $2, $3 / $4 }' | tee -a "$W/base-ratios" |
+      awk '{ printf "  ratios: ours/base HTTPS %.2f, HTTP %.2f\n", $1, $2 }' >&2
+  fi
   # Columns: for HTTPS then HTTP, ours/nginx, bare/nginx, bare+headers/nginx,
   # ours/(nginx+headers), ours/(bare+headers).
   echo "$o_tls $n_tls $b_tls $bh_tls $nh_tls $o_http $n_http $b_http $bh_http $nh_http" |
@@ -183,3 +207,7 @@ for p in "HTTPS 0 1.3" "HTTP 5 1.0"; do
     'BEGIN { printf "%-6s ours / nginx = %.3f, median of the rounds (target %.1f): %s; bare hyper / nginx = %.2f\n", name ":", r, t, (r >= t ? "met" : "NOT met"), b
              printf "       with our headers (context): bare+headers / nginx = %.2f; ours / (nginx+headers) = %.2f; ours / (bare+headers) = %.2f\n", bh, onh, obh }'
 done
+if [ -n "${BASE:-}" ]; then
+  printf 'ours / base (%s), median of the rounds: HTTPS %.3f, HTTP %.3f\n' "$BASE" \
+    "$(awk '{print $1}' "$W/base-ratios" | median)" "$(awk '{print $2}' "$W/base-ratios" | median)"
+fi
