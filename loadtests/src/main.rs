@@ -93,8 +93,72 @@ struct World {
     /// When the last organisation that was waiting at 7:30 had all its files.
     last_waiting_done: Mutex<Duration>,
     last_done: Mutex<Duration>,
+    /// CPU time of the load generator and the server, through the attack.
+    cpu: CpuSamples,
     /// Compressed bodies to inflate and check, by the checker thread (`check_compressed`).
     compressed: std::sync::mpsc::Sender<Option<Compressed>>,
+}
+
+/// CPU time used so far by this process (the load generator) and by the server, sampled from
+/// `/proc` every 50 ms while the attack runs, so the summary can say how the cores were
+/// shared during the 7:30 burst: client and server share this machine's cores, and a burst's
+/// latencies include the time the server waited for the client's share.
+#[derive(Default)]
+struct CpuSamples(Mutex<Vec<(Instant, CpuTimes)>>);
+
+/// CPU seconds (user + system) of the load generator and of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct CpuTimes {
+    load_generator: f64,
+    server: f64,
+}
+
+impl CpuSamples {
+    const EVERY: Duration = Duration::from_millis(50);
+
+    /// Sample until `running` is cleared.
+    fn sample(&self, server_pid: u32, running: &std::sync::atomic::AtomicBool) {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| cpu_ticks(&s))
+                .map(|t| t as f64 / tick)
+        };
+        let server = format!("/proc/{server_pid}/stat");
+        while running.load(Ordering::Relaxed) {
+            if let (Some(load_generator), Some(server)) = (read("/proc/self/stat"), read(&server)) {
+                let times = CpuTimes {
+                    load_generator,
+                    server,
+                };
+                self.0.lock().expect("cpu").push((Instant::now(), times));
+            }
+            std::thread::sleep(Self::EVERY);
+        }
+    }
+
+    /// CPU seconds each side used from `from` to `to`, between the samples nearest before
+    /// each (None without samples around both).
+    fn between(&self, from: Instant, to: Instant) -> Option<CpuTimes> {
+        let samples = self.0.lock().expect("cpu");
+        let at = |t: Instant| samples.iter().rev().find(|(s, _)| *s <= t).map(|(_, c)| *c);
+        let (a, b) = (at(from)?, at(to)?);
+        Some(CpuTimes {
+            load_generator: b.load_generator - a.load_generator,
+            server: b.server - a.server,
+        })
+    }
+}
+
+/// utime + stime, in clock ticks, from the text of a `/proc/PID/stat` (fields 14 and 15; the
+/// command name, field 2, is in parentheses and may hold spaces or parentheses itself).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Latencies (ms) of downloads made while sign-ins were running: by organisations that had
@@ -300,6 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         during_sign_in: DuringSignIn::default(),
         last_waiting_done: Mutex::new(Duration::ZERO),
         last_done: Mutex::new(Duration::ZERO),
+        cpu: CpuSamples::default(),
         compressed: to_check,
     });
     let _ = WORLD.set(world.clone());
@@ -315,6 +380,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("outbox-watcher".into())
             .spawn(move || watch_outbox(&world, &watching))?
+    };
+    let sampler = {
+        let (world, watching, pid) = (world.clone(), watching.clone(), server.0.id());
+        std::thread::Builder::new()
+            .name("cpu-sampler".into())
+            .spawn(move || world.cpu.sample(pid, &watching))?
     };
 
     eprintln!(
@@ -351,6 +422,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();
+    let _ = sampler.join();
     // Every answer is checked before the summary counts it.
     let _ = world.compressed.send(None);
     let _ = checker.join();
@@ -1024,11 +1096,31 @@ fn summarise(
         late.len(),
         percentile(&late, 99.0)
     )?;
+    let waiting_done = *world.last_waiting_done.lock().expect("last");
     writeln!(
         out,
         "organisations signed in by 7:30 had all their files {:.1} s after 7:30 (national target: 120 s)",
-        world.last_waiting_done.lock().expect("last").as_secs_f64()
+        waiting_done.as_secs_f64()
     )?;
+    // How the cores were shared in that time: the burst's latencies include the time the
+    // server waited while the load generator, on the same cores, ran.
+    if let Some(cpu) = world.cpu.between(world.opens, world.opens + waiting_done) {
+        let secs = waiting_done.as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let room = (cores as f64 * secs).max(f64::MIN_POSITIVE);
+        writeln!(
+            out,
+            "  in those {secs:.1} s ({:.1} CPU-s on {cores} cores) the server used {:.1} CPU-s ({:.0}%), \
+             the load generator {:.1} ({:.0}%); the burst's {} downloads came at {:.0}/s",
+            room,
+            cpu.server,
+            100.0 * cpu.server / room,
+            cpu.load_generator,
+            100.0 * cpu.load_generator / room,
+            burst.len(),
+            burst.len() as f64 / secs.max(f64::MIN_POSITIVE)
+        )?;
+    }
     writeln!(
         out,
         "the last organisation (the last sign-ins arrive after 7:30) had all its files {:.1} s after 7:30",
@@ -1048,6 +1140,43 @@ fn summarise(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_whatever_the_command_name() {
+        // Fields 14 and 15 are 1234 and 56; the name holds a space and a parenthesis.
+        let stat = "4242 (nca (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 56 0 0 20 0 9 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("4242 (short) S 1 2"), None);
+        assert_eq!(cpu_ticks("no parenthesis at all"), None);
+        // This process's own line parses, and its CPU time does not go backwards.
+        let read = || cpu_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let before = read();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(read() >= before, "{x}");
+    }
+
+    #[test]
+    fn cpu_between_two_instants_uses_the_samples_nearest_before_each() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let cpu = CpuSamples::default();
+        for (ms, load_generator, server) in [(0, 1.0, 10.0), (50, 1.5, 10.1), (100, 2.0, 10.9)] {
+            let times = CpuTimes {
+                load_generator,
+                server,
+            };
+            cpu.0.lock().unwrap().push((at(ms), times));
+        }
+        let d = cpu.between(at(60), at(120)).unwrap();
+        assert!((d.load_generator - 0.5).abs() < 1e-9, "{d:?}");
+        assert!((d.server - 0.8).abs() < 1e-9, "{d:?}");
+        assert_eq!(cpu.between(at(0), at(0)), Some(CpuTimes::default()));
+        // Nothing sampled before the start: no figure rather than a wrong one.
+        assert_eq!(cpu.between(t0 - Duration::from_millis(1), at(100)), None);
+    }
 
     #[test]
     fn checks_see_the_start_of_a_compressed_body_inflated() {
