@@ -12,8 +12,9 @@
 # and nginx with them (add_header).
 #
 # With BASE (the path of another nca-portal binary, an earlier build say), that binary serves
-# the same data too and runs in every round after ours, and ours/base is reported: an A/B of
-# two builds with the same anchors, seconds apart.
+# the same data too and runs in every round right beside ours (after it in odd rounds, before
+# it in even ones), and ours/base is reported: an A/B of two builds with the same anchors,
+# seconds apart.
 #
 # Environment: CARGO_TARGET_DIR, NO_BUILD (use the binaries already built), SECS (default 10), CONNS (default 64),
 # ROUNDS (default 3), BASE, PERF (a file: record a
@@ -162,6 +163,29 @@ profile() { # which: record a perf profile of that server during its run, when P
     perf record -F 499 --call-graph ${PERF_GRAPH:-fp} -o "$PERF" -p "$pid" -- sleep "$SECS" >/dev/null 2>&1 &
   fi
 }
+ours_and_base() { # https|http: our run and, with BASE, base's right beside it, base first in
+  # even rounds and second in odd ones (the machine's speed drifts within seconds, and which
+  # goes first would otherwise always be the same); sets O (ours) and B (base), requests/s
+  local label url base_url
+  label=$(tr a-z A-Z <<<"$1")
+  if [ "$1" = https ]; then
+    url="https://127.0.0.1:$OURS_TLS$ROUTE" base_url="https://127.0.0.1:${BASE_TLS:-}$ROUTE"
+  else
+    url="http://127.0.0.1:$OURS_HTTP$ROUTE" base_url="http://127.0.0.1:${BASE_HTTP:-}$ROUTE"
+  fi
+  B=
+  if [ -n "${BASE:-}" ] && [ $((r % 2)) = 0 ]; then
+    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+    B=$(run "base $label" "$base_url" "$COOKIE")
+  fi
+  profile "$1"
+  COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+  O=$(run "nca-portal $label" "$url" "$COOKIE")
+  if [ -n "${BASE:-}" ] && [ $((r % 2)) = 1 ]; then
+    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+    B=$(run "base $label" "$base_url" "$COOKIE")
+  fi
+}
 # The machine is shared and noisy, so the servers take turns, ROUNDS times, and each
 # round's ratio compares runs seconds apart; the figure reported is the median round.
 ROUNDS="${ROUNDS:-3}"
@@ -173,21 +197,15 @@ for r in $(seq "$ROUNDS"); do
   nh_tls=$(run "nginx+headers HTTPS" "https://127.0.0.1:$NGINX_H_TLS/school.csv")
   b_tls=$(run "bare hyper HTTPS" "https://127.0.0.1:$BARE_TLS/")
   bh_tls=$(run "bare+headers HTTPS" "https://127.0.0.1:$BARE_H_TLS/")
-  profile https
-  COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-  o_tls=$(run "nca-portal HTTPS" "https://127.0.0.1:$OURS_TLS$ROUTE" "$COOKIE")
+  ours_and_base https
+  o_tls=$O base_tls=$B
   n_http=$(run "nginx HTTP (static)" "http://127.0.0.1:$NGINX_HTTP/school.csv")
   nh_http=$(run "nginx+headers HTTP" "http://127.0.0.1:$NGINX_H_HTTP/school.csv")
   b_http=$(run "bare hyper HTTP" "http://127.0.0.1:$BARE_HTTP/")
   bh_http=$(run "bare+headers HTTP" "http://127.0.0.1:$BARE_H_HTTP/")
-  profile http
-  COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-  o_http=$(run "nca-portal HTTP" "http://127.0.0.1:$OURS_HTTP$ROUTE" "$COOKIE")
+  ours_and_base http
+  o_http=$O base_http=$B
   if [ -n "${BASE:-}" ]; then
-    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-    base_tls=$(run "base HTTPS" "https://127.0.0.1:$BASE_TLS$ROUTE" "$COOKIE")
-    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-    base_http=$(run "base HTTP" "http://127.0.0.1:$BASE_HTTP$ROUTE" "$COOKIE")
     echo "$o_tls $base_tls $o_http $base_http" | awk '{ printf "%.3f %.3f\n", $1 / $2, $3 / $4 }' | tee -a "$W/base-ratios" |
       awk '{ printf "  ratios: ours/base HTTPS %.2f, HTTP %.2f\n", $1, $2 }' >&2
   fi

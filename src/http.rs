@@ -82,9 +82,9 @@ impl Limits {
     }
 }
 
-/// Install the process's rustls crypto provider, aws-lc-rs, the one crypto library in the
-/// dependency tree (rustls refuses to guess when a crate's features could name two). Beside
-/// ring it serves HTTPS downloads about 5% faster here (bench/downloads.sh with BASE).
+/// Install the process's rustls crypto provider, aws-lc-rs: rustls's default, and the one
+/// crypto library in the dependency tree (object_store's S3 client needs it; rustls refuses
+/// to guess when crates' features could name two).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
