@@ -174,17 +174,17 @@ ours_and_base() { # https|http: our run and, with BASE, base's right beside it, 
     url="http://127.0.0.1:$OURS_HTTP$ROUTE" base_url="http://127.0.0.1:${BASE_HTTP:-}$ROUTE"
   fi
   B=
-  if [ -n "${BASE:-}" ] && [ $((r % 2)) = 0 ]; then
-    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-    B=$(run "base $label" "$base_url" "$COOKIE")
-  fi
+  base_turn() { # the base build's run, in the round's turn $1 (0: before ours, 1: after)
+    if [ -n "${BASE:-}" ] && [ $((r % 2)) = "$1" ]; then
+      COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
+      B=$(run "base $label" "$base_url" "$COOKIE")
+    fi
+  }
+  base_turn 0
   profile "$1"
   COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
   O=$(run "nca-portal $label" "$url" "$COOKIE")
-  if [ -n "${BASE:-}" ] && [ $((r % 2)) = 1 ]; then
-    COOKIE=$(sign_in "https://127.0.0.1:$OURS_TLS")
-    B=$(run "base $label" "$base_url" "$COOKIE")
-  fi
+  base_turn 1
 }
 # The machine is shared and noisy, so the servers take turns, ROUNDS times, and each
 # round's ratio compares runs seconds apart; the figure reported is the median round.
